@@ -1,0 +1,38 @@
+# Every target sets itself up on a fresh machine: `make demo` and `make test` are all a user needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+JOBS    ?= 2
+
+.PHONY: install demo test test-slow lint bench reproduce clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel on these machines' disk, never a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/chrysalis demo
+
+# pytest exits 5 when it collects no tests: that is a failure, never a pass.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(JOBS) --durations=10; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/chrysalis bench --out benchmarks/results.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

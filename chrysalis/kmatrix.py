@@ -1,0 +1,162 @@
+"""Butterfly and kaleidoscope (K-) matrices.
+
+A butterfly matrix of size n = 2^m is a product of m sparse factors. The factor with stride s
+mixes entries i and i + s (for every i whose bit s is 0) through a learnable complex 2x2 block:
+n/2 blocks per factor. A K-matrix of depth d is a product of d butterfly matrices whose stride
+order alternates (decreasing, increasing, decreasing, ... or the reverse), as in Dao et al. 2020.
+
+Orderings (the only subtle point). With `init="fft"` the K-matrix is the decimation-in-frequency
+Cooley-Tukey FFT: input in natural order, output in *bit-reversed* order,
+    KMatrix(n, init="fft").dense()  == P @ F
+and with `init="ifft"` it is the decimation-in-time inverse FFT: input in bit-reversed order,
+    KMatrix(n, init="ifft").dense() == F^-1 @ P
+where F is the unnormalised DFT (torch.fft.fft) and P the bit-reversal permutation (P = P^T = P^-1).
+In a K-operation `K_out diag(L w) K_in` the two P's cancel, so no permutation is ever applied.
+
+Twiddles are stored as real tensors with a trailing (re, im) axis and viewed as complex in
+forward: `Module.double()` / `.to(dtype)` then convert them correctly (float64 -> complex128),
+optimizers and DDP see ordinary real tensors, and weight decay can be switched off per group.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+INITS = ("fft", "ifft", "identity", "random")
+
+
+def bit_reversal_permutation(n: int) -> torch.Tensor:
+    """Indices `p` with `x[p]` = x in bit-reversed order (an involution)."""
+    m = _log2(n)
+    idx = torch.arange(n)
+    rev = torch.zeros_like(idx)
+    for b in range(m):
+        rev |= ((idx >> b) & 1) << (m - 1 - b)
+    return rev
+
+
+def _log2(n: int) -> int:
+    if not isinstance(n, int) or n < 2 or n & (n - 1):
+        raise ValueError(f"K-matrix size must be a power of two >= 2, got n={n!r}")
+    return n.bit_length() - 1
+
+
+def _fft_twiddles(n: int, inverse: bool) -> torch.Tensor:
+    """The m factors of the radix-2 FFT as 2x2 blocks, in the order they are applied.
+
+    Returns complex128 (m, n/2, 2, 2). Block b of the factor with stride s acts on the pair
+    (i, i + s) with i = (b // s) * 2s + b % s; the within-subproblem index is b % s.
+    - forward (DIF, strides n/2 ... 1): [u, v] -> [u + v, (u - v) w^j],  w = exp(-2 pi i / 2s)
+    - inverse (DIT, strides 1 ... n/2): [u, v] -> [u + w^j v, u - w^j v] / 2,  w = exp(+2 pi i / 2s)
+    """
+    m = _log2(n)
+    strides = [1 << k for k in range(m)]
+    if not inverse:
+        strides = strides[::-1]
+    factors = []
+    for s in strides:
+        j = torch.arange(n // 2, dtype=torch.float64) % s
+        sign = 1.0 if inverse else -1.0
+        w = torch.polar(torch.ones_like(j), sign * math.pi * j / s)  # exp(±2πi j / 2s)
+        one = torch.ones_like(w)
+        if inverse:
+            block = torch.stack([torch.stack([one, w], -1), torch.stack([one, -w], -1)], -2) / 2
+        else:
+            block = torch.stack([torch.stack([one, one], -1), torch.stack([w, -w], -1)], -2)
+        factors.append(block)
+    return torch.stack(factors)
+
+
+def _haar_unitary_2x2(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    """Haar-random unitary 2x2 blocks (QR of a complex Gaussian, phases fixed), complex128."""
+    z = torch.randn(*shape, 2, 2, 2, dtype=torch.float64, generator=generator)
+    q, r = torch.linalg.qr(torch.view_as_complex(z.contiguous()))
+    d = torch.diagonal(r, dim1=-2, dim2=-1)
+    return q * (d / d.abs()).unsqueeze(-2)
+
+
+class KMatrix(nn.Module):
+    """A learnable kaleidoscope matrix: a product of `depth` complex butterfly matrices.
+
+    Args:
+        n: size, a power of two (>= 2).
+        depth: number of butterfly matrices (>= 1). Deeper K-matrices can express more (e.g. any
+            permutation needs two); the extra ones start as the identity under `fft`/`ifft`.
+        init: "fft" (DIF DFT, bit-reversed output), "ifft" (DIT inverse DFT, bit-reversed input),
+            "identity", or "random" (Haar-random unitary 2x2 blocks: the matrix is unitary, so
+            perfectly conditioned, and carries no trace of the Fourier structure).
+        increasing: stride order of the first butterfly applied (the others alternate). Default:
+            increasing for "ifft" (DIT), decreasing otherwise (DIF).
+        gain: multiplies the "random" init so that the matrix has spectral norm `gain`
+            (e.g. sqrt(n) to match the unnormalised DFT's scale).
+        generator: torch.Generator for the "random" init.
+
+    Parameters: `twiddle`, real (depth, m, n/2, 2, 2, 2): butterfly, factor (in application
+    order), block, 2x2 entries, (re, im).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        depth: int = 1,
+        init: str = "fft",
+        *,
+        increasing: bool | None = None,
+        gain: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        m = _log2(n)
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"K-matrix depth must be an integer >= 1, got depth={depth!r}")
+        if init not in INITS:
+            raise ValueError(f"unknown K-matrix init {init!r}; expected one of {INITS}")
+        self.n, self.m, self.depth, self.init = n, m, depth, init
+        self.increasing = (init == "ifft") if increasing is None else bool(increasing)
+        eye = torch.eye(2, dtype=torch.complex128).expand(depth, m, n // 2, 2, 2).clone()
+        if init == "random":
+            blocks = _haar_unitary_2x2((depth, m, n // 2), generator)
+            # Scale only the first butterfly's factors so the product has norm `gain`.
+            blocks[0] *= gain ** (1.0 / m)
+        else:
+            blocks = eye
+            if init in ("fft", "ifft"):
+                blocks[0] = _fft_twiddles(n, inverse=(init == "ifft"))
+        self.twiddle = nn.Parameter(torch.view_as_real(blocks).to(torch.get_default_dtype()))
+
+    # -- structure ------------------------------------------------------------------------
+    def strides(self) -> list[list[int]]:
+        """Strides of each butterfly's factors, in the order they are applied."""
+        up = [1 << k for k in range(self.m)]
+        return [up if (b % 2 == 0) == self.increasing else up[::-1] for b in range(self.depth)]
+
+    def blocks(self) -> torch.Tensor:
+        """The twiddles as complex (depth, m, n/2, 2, 2)."""
+        return torch.view_as_complex(self.twiddle)
+
+    # -- application ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Return K @ x along `dim`, factor by factor: O(depth * n log n) per vector."""
+        if x.shape[dim] != self.n:
+            raise ValueError(f"KMatrix of size {self.n} applied to a dimension of size {x.shape[dim]}")
+        blocks = self.blocks()
+        x = x.movedim(dim, -1).to(blocks.dtype)
+        lead = x.shape[:-1]
+        for b, strides in enumerate(self.strides()):
+            for f, s in enumerate(strides):
+                t = blocks[b, f].reshape(self.n // (2 * s), s, 2, 2)  # (groups, s, out, in)
+                xv = x.reshape(*lead, self.n // (2 * s), 2, s)  # (..., groups, in, s)
+                x = torch.einsum("gsij,...gjs->...gis", t, xv).reshape(*lead, self.n)
+        return x.movedim(-1, dim)
+
+    def dense(self) -> torch.Tensor:
+        """The n x n complex matrix (O(depth * n^2 log n)); differentiable in the twiddles."""
+        eye = torch.eye(self.n, dtype=self.blocks().dtype, device=self.twiddle.device)
+        return self.forward(eye, dim=0)
+
+    def extra_repr(self) -> str:
+        order = "increasing" if self.increasing else "decreasing"
+        return f"n={self.n}, depth={self.depth}, init={self.init!r}, first_strides={order}"

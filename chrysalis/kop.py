@@ -1,0 +1,420 @@
+"""The K-operation: a learnable linear operation that contains the convolution.
+
+    K-op(w)(x) = Re( K_out . diag(L . w) . K_in . x )            (one spatial axis)
+
+With K_in = L = F (DFT) and K_out = F^-1 this is a circular convolution; zero-padding the input
+to a power of two n (enough that nothing wraps around where the output is read) and cropping
+makes it exactly the linear `nn.ConvNd`. N-d: every spatial axis has its own three K-matrices
+and the op is their tensor product, applied axis by axis. Channels: the same K-matrices serve
+every channel pair; the diagonal becomes a small complex (C_in x C_out) product per frequency.
+
+Every setting of a conv is a fixed linear map around the search space, never a special case in it:
+- padding (zeros): the input sits in the first H of n positions, so K_in only needs its first H
+  columns; other padding modes pad the input explicitly first (as nn.ConvNd does).
+- kernel size / dilation: tap t of the filter sits at offset o_t = (t - c) * dilation; the filter
+  vector handed to L has w[t] at position (-o_t) mod n (the "flip and roll" that turns PyTorch's
+  cross-correlation into a circular convolution), so L only needs those columns.
+- stride / cropping: the output of K_out is read at rows (i * stride - pad_left) mod n.
+Three strategies compute the same thing: "dense" materialises each K-matrix (n x n) and applies
+the sliced matrices as matrix products (fast for small n), "butterfly" applies them factor by
+factor (O(n log n), for large n), and `fixed=True` uses torch.fft with no architecture at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kmatrix import KMatrix
+
+PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+KMATRIX_NAMES = ("K_in", "L", "K_out")
+STRATEGIES = ("auto", "dense", "butterfly")
+DENSE_MAX_N = 256  # "auto" materialises K-matrices up to this size (see docs/PERFORMANCE.md)
+
+
+def _tuple(value, dims: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * dims
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}") from None
+    if len(out) != dims:
+        raise ValueError(f"{name} must have {dims} entries (one per spatial axis), got {value!r}")
+    return out
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(1, math.ceil(math.log2(max(x, 2))))
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Where a conv's data and filter sit along one spatial axis inside the length-n transform."""
+
+    size: int  # input length after any explicit (non-zero) padding
+    n: int  # transform size, a power of two
+    out: int  # output length, as nn.ConvNd returns it
+    in_cols: tuple[int, ...]  # columns of K_in the input occupies: 0 .. size-1
+    tap_cols: tuple[int, ...]  # columns of L holding filter taps: (-o_t) mod n
+    out_rows: tuple[int, ...]  # rows of K_out that are read: (i*stride - pad_left) mod n
+
+    @staticmethod
+    def make(size: int, kernel: int, max_kernel: int, stride: int, dilation: int, pad: tuple[int, int]):
+        left, right = pad
+        span = dilation * (kernel - 1) + 1
+        if size + left + right < span:
+            raise ValueError(
+                f"kernel (extent {span} with dilation {dilation}) is larger than the padded input "
+                f"({size} + padding {left}+{right})"
+            )
+        out = (size + left + right - span) // stride + 1
+        c = (max_kernel - kernel) // 2  # the conv's taps sit in the middle of the larger support
+        offsets = [(t - c) * dilation for t in range(max_kernel)]
+        # Input positions read: q = i*stride - left + o. Negative q must wrap into the zero region
+        # (n + q >= size) and no q may wrap past n: that fixes the smallest safe transform size.
+        q_min = -left + offsets[0]
+        q_max = (out - 1) * stride - left + offsets[-1]
+        n = _next_pow2(max(q_max + 1, size - min(q_min, 0), size))
+        return AxisPlan(
+            size=size,
+            n=n,
+            out=out,
+            in_cols=tuple(range(size)),
+            tap_cols=tuple((-o) % n for o in offsets),
+            out_rows=tuple((i * stride - left) % n for i in range(out)),
+        )
+
+
+def _apply(a: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Multiply the matrix `a` (p x q) along dimension `dim` of `x` (size q there -> p)."""
+    if dim == x.dim() - 1 or dim == -1:
+        return x @ a.transpose(0, 1)
+    return torch.matmul(a, x.movedim(dim, -2)).movedim(-2, dim)
+
+
+class KOp(nn.Module):
+    """A K-operation: a drop-in, searchable generalisation of `nn.Conv{1,2,3}d`.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode: as in `nn.ConvNd` (padding may be an int, a tuple, "same" or "valid").
+        input_size: spatial size of the input (one int per axis); its length sets the dimension
+            (1-D, 2-D, 3-D). The op is built for this size and refuses any other.
+        init: "conv" (warm start: K_in = L = DFT, K_out = inverse DFT, so the op *is* the conv)
+            or "random" (Haar-random unitary butterflies; L scaled by sqrt(n) per axis to keep
+            the conv's output scale): the architecture, never the weights.
+        depth: butterflies per K-matrix (>= 1); extra ones start as the identity under "conv".
+        max_kernel_size: filter support per axis (>= kernel_size). The conv's kernel sits in the
+            middle and the new taps start at zero, so the search can grow the kernel.
+        fixed: no architecture at all: the exact FFT convolution through torch.fft (a baseline).
+        search: which of "K_in", "L", "K_out" are searched; the others are frozen
+            (requires_grad=False).
+        strategy: "dense" (materialise K-matrices, matrix products), "butterfly" (factor by
+            factor) or "auto" (dense for n <= DENSE_MAX_N). All compute the same op.
+        generator: torch.Generator for the random architecture and weight init.
+
+    Parameters: `weight` (out, in/groups, *max_kernel_size), `bias` (out,) — the model weights;
+    `K_in`, `L`, `K_out`: one KMatrix per spatial axis each (nn.ModuleList) — the architecture.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        input_size: int | Sequence[int],
+        *,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        init: str = "conv",
+        depth: int = 1,
+        max_kernel_size: int | Sequence[int] | None = None,
+        fixed: bool = False,
+        search: Sequence[str] = KMATRIX_NAMES,
+        strategy: str = "auto",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        input_size = (input_size,) if isinstance(input_size, int) else tuple(input_size)
+        dims = len(input_size)
+        if dims not in (1, 2, 3):
+            raise ValueError(f"input_size must have 1, 2 or 3 entries (spatial axes), got {input_size!r}")
+        if any(s < 1 for s in input_size):
+            raise ValueError(f"input_size must be positive, got {input_size!r}")
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                f"by groups ({groups})"
+            )
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        if init not in ("conv", "random"):
+            raise ValueError(f"init must be 'conv' or 'random', got {init!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        unknown = set(search) - set(KMATRIX_NAMES)
+        if unknown:
+            raise ValueError(f"search names unknown K-matrices {sorted(unknown)}; choose from {KMATRIX_NAMES}")
+        kernel = _tuple(kernel_size, dims, "kernel_size")
+        stride_t = _tuple(stride, dims, "stride")
+        dilation_t = _tuple(dilation, dims, "dilation")
+        max_kernel = kernel if max_kernel_size is None else _tuple(max_kernel_size, dims, "max_kernel_size")
+        for name, t in (("kernel_size", kernel), ("stride", stride_t), ("dilation", dilation_t)):
+            if any(v < 1 for v in t):
+                raise ValueError(f"{name} must be >= 1, got {t}")
+        if any(mk < k for mk, k in zip(max_kernel, kernel)):
+            raise ValueError(f"max_kernel_size {max_kernel} must be >= kernel_size {kernel}")
+        pads = self._resolve_padding(padding, kernel, stride_t, dilation_t, dims)
+        if padding_mode == "reflect" and any(max(p) >= s for p, s in zip(pads, input_size)):
+            raise ValueError(f"reflect padding {pads} must be smaller than the input size {input_size}")
+
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.input_size, self.kernel_size, self.max_kernel_size = input_size, kernel, max_kernel
+        self.stride, self.dilation, self.padding, self.padding_mode = stride_t, dilation_t, padding, padding_mode
+        self.init, self.depth, self.fixed, self.strategy = init, depth, fixed, strategy
+        self.search = tuple(n for n in KMATRIX_NAMES if n in search)
+        # Non-zero padding modes pad explicitly (like nn.ConvNd); zero padding stays implicit.
+        self._explicit_pad = padding_mode != "zeros"
+        self._pads = pads
+        axis_pads = [(0, 0)] * dims if self._explicit_pad else pads
+        sizes = [s + (sum(p) if self._explicit_pad else 0) for s, p in zip(input_size, pads)]
+        self.plans = [
+            AxisPlan.make(sz, k, mk, st, dl, p)
+            for sz, k, mk, st, dl, p in zip(sizes, kernel, max_kernel, stride_t, dilation_t, axis_pads)
+        ]
+        self.output_size = tuple(p.out for p in self.plans)
+
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *max_kernel))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._reset_weights(generator)
+        if fixed:
+            self.K_in = self.L = self.K_out = None
+        else:
+            kinit = "random" if init == "random" else None
+            self.K_in = nn.ModuleList(KMatrix(p.n, depth, kinit or "fft", generator=generator) for p in self.plans)
+            self.L = nn.ModuleList(
+                KMatrix(p.n, depth, kinit or "fft", gain=math.sqrt(p.n), generator=generator) for p in self.plans
+            )
+            self.K_out = nn.ModuleList(
+                KMatrix(p.n, depth, kinit or "ifft", increasing=True, generator=generator) for p in self.plans
+            )
+            for name in KMATRIX_NAMES:
+                getattr(self, name).requires_grad_(name in self.search)
+        for a, p in enumerate(self.plans):  # index tensors follow .to(device); derived, not saved
+            self.register_buffer(f"_in_cols{a}", torch.tensor(p.in_cols), persistent=False)
+            self.register_buffer(f"_tap_cols{a}", torch.tensor(p.tap_cols), persistent=False)
+            self.register_buffer(f"_out_rows{a}", torch.tensor(p.out_rows), persistent=False)
+
+    # -- construction helpers ---------------------------------------------------------------
+    @staticmethod
+    def _resolve_padding(padding, kernel, stride, dilation, dims) -> list[tuple[int, int]]:
+        if isinstance(padding, str):
+            if padding == "valid":
+                return [(0, 0)] * dims
+            if padding != "same":
+                raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+            if any(s != 1 for s in stride):
+                raise ValueError("padding='same' is not supported for strided convolutions (as in nn.ConvNd)")
+            # As nn.ConvNd: total d*(k-1), the odd one out on the right.
+            return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)]
+        pad = _tuple(padding, dims, "padding")
+        if any(p < 0 for p in pad):
+            raise ValueError(f"padding must be >= 0, got {pad}")
+        return [(p, p) for p in pad]
+
+    def _reset_weights(self, generator: torch.Generator | None) -> None:
+        # nn.ConvNd's default init, on the conv's own kernel; taps beyond it start at zero.
+        fan_in = (self.in_channels // self.groups) * math.prod(self.kernel_size)
+        bound = 1 / math.sqrt(fan_in)  # = kaiming_uniform_(a=sqrt(5)) as in nn.ConvNd
+        with torch.no_grad():
+            self.weight.zero_()
+            core = torch.rand(self.weight[self._core_slice()].shape, generator=generator) * 2 - 1
+            self.weight[self._core_slice()] = core * bound
+            if self.bias is not None:
+                self.bias.copy_((torch.rand(self.out_channels, generator=generator) * 2 - 1) * bound)
+
+    def _core_slice(self) -> tuple[slice, ...]:
+        """Index of the conv's own kernel inside `weight` (the middle of max_kernel_size)."""
+        return (slice(None), slice(None)) + tuple(
+            slice((mk - k) // 2, (mk - k) // 2 + k) for k, mk in zip(self.kernel_size, self.max_kernel_size)
+        )
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, input_size: int | Sequence[int], **options) -> KOp:
+        """An exact copy of `conv` (an nn.Conv1d/2d/3d) as a K-op built for `input_size`."""
+        if not isinstance(conv, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            raise TypeError(f"from_conv expects nn.Conv1d/2d/3d, got {type(conv).__name__}")
+        dims = conv.weight.dim() - 2
+        input_size = (input_size,) * dims if isinstance(input_size, int) else tuple(input_size)
+        if len(input_size) != dims:
+            raise ValueError(f"{type(conv).__name__} needs {dims} spatial sizes, got input_size={input_size}")
+        op = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, input_size,
+            stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+            bias=conv.bias is not None, padding_mode=conv.padding_mode, **options,
+        )
+        op.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            op.weight.zero_()
+            op.weight[op._core_slice()] = conv.weight
+            if conv.bias is not None:
+                op.bias.copy_(conv.bias)
+        return op
+
+    # -- the operation ------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        dims = len(self.input_size)
+        if x.dim() == dims + 1:  # unbatched, as nn.ConvNd accepts
+            return self._check_input(x.unsqueeze(0))
+        if x.dim() != dims + 2:
+            raise ValueError(
+                f"KOp built for {dims}-D input expects (batch, channels, *{self.input_size}), "
+                f"got a tensor of shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"KOp expects {self.in_channels} input channels, got {x.shape[1]}")
+        if tuple(x.shape[2:]) != self.input_size:
+            raise ValueError(
+                f"KOp was built for input size {self.input_size}, got {tuple(x.shape[2:])}; "
+                "build a new op (or chrysalize again) for this size"
+            )
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unbatched = x.dim() == len(self.input_size) + 1
+        x = self._check_input(x)
+        if self._explicit_pad:
+            # F.pad takes (last axis left, right, previous axis left, right, ...).
+            x = F.pad(x, [p for lr in reversed(self._pads) for p in lr], mode=self.padding_mode)
+        y = self._forward_fft(x) if self.fixed else self._forward_kop(x)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, *([1] * len(self.input_size)))
+        return y.squeeze(0) if unbatched else y
+
+    def _use_dense(self) -> bool:
+        if self.strategy != "auto":
+            return self.strategy == "dense"
+        return max(p.n for p in self.plans) <= DENSE_MAX_N
+
+    def _forward_kop(self, x: torch.Tensor) -> torch.Tensor:
+        dims = len(self.plans)
+        axes = range(2, 2 + dims)
+        if self._use_dense():
+            y = x
+            for a, ax in enumerate(axes):  # (B, C, *size) -> (B, C, *n), complex
+                k_in = self.K_in[a].dense().index_select(1, getattr(self, f"_in_cols{a}"))
+                y = _apply(k_in, y.to(k_in.dtype), ax)
+            w = self.weight
+            for a, ax in enumerate(axes):  # (O, C/g, *taps) -> (O, C/g, *n)
+                l_mat = self.L[a].dense().index_select(1, getattr(self, f"_tap_cols{a}"))
+                w = _apply(l_mat, w.to(l_mat.dtype), ax)
+            z = self._mix(y, w)
+            for a, ax in enumerate(axes):  # (B, O, *n) -> (B, O, *out)
+                k_out = self.K_out[a].dense().index_select(0, getattr(self, f"_out_rows{a}"))
+                z = _apply(k_out, z, ax)
+            return z.real
+        # Butterfly strategy: zero-pad/scatter into length n, apply factor by factor, read rows.
+        y = F.pad(x, [q for p in reversed(self.plans) for q in (0, p.n - p.size)])
+        for a, ax in enumerate(axes):
+            y = self.K_in[a](y, dim=ax)
+        w = self._scatter_taps(self.weight)
+        for a, ax in enumerate(axes):
+            w = self.L[a](w, dim=ax)
+        z = self._mix(y, w)
+        for a, ax in enumerate(axes):
+            z = self.K_out[a](z, dim=ax).index_select(ax, getattr(self, f"_out_rows{a}"))
+        return z.real
+
+    def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact FFT convolution: real FFTs of the zero-padded input and the placed filter."""
+        dims = len(self.plans)
+        axes = tuple(range(2, 2 + dims))
+        ns = [p.n for p in self.plans]
+        y = torch.fft.rfftn(x, s=ns, dim=axes)
+        w = torch.fft.rfftn(self._scatter_taps(self.weight), dim=axes)
+        z = torch.fft.irfftn(self._mix(y, w), s=ns, dim=axes)
+        for a, ax in enumerate(axes):
+            z = z.index_select(ax, getattr(self, f"_out_rows{a}"))
+        return z
+
+    def _scatter_taps(self, w: torch.Tensor) -> torch.Tensor:
+        """Place the filter taps at their (flipped, rolled) positions of a length-n filter."""
+        for a, p in enumerate(self.plans):
+            ax = 2 + a
+            shape = list(w.shape)
+            shape[ax] = p.n
+            idx = getattr(self, f"_tap_cols{a}").view([-1 if d == ax else 1 for d in range(w.dim())])
+            w = w.new_zeros(shape).scatter(ax, idx.expand_as(w), w)
+        return w
+
+    def _mix(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Per-frequency channel mixing: (B, C, *f) x (O, C/g, *f) -> (B, O, *f)."""
+        b, c, *freq = y.shape
+        g = self.groups
+        o = w.shape[0]
+        yg = y.reshape(b, g, c // g, -1)
+        wg = w.reshape(g, o // g, c // g, -1)
+        return torch.einsum("bgcf,gocf->bgof", yg, wg).reshape(b, o, *freq)
+
+    # -- introspection ---------------------------------------------------------------------------
+    def kmatrices(self) -> dict[str, nn.ModuleList]:
+        """The architecture: {"K_in": [per axis], "L": [...], "K_out": [...]} (empty if fixed)."""
+        return {} if self.fixed else {n: getattr(self, n) for n in KMATRIX_NAMES}
+
+    @torch.no_grad()
+    def conv_distance(self) -> float:
+        """How far the op is from every convolution: 0 for a conv, at most 1.
+
+        Per axis and filter tap t, the operator M_t = K_out diag(L e_t) K_in (on the transform
+        size) is compared with its projection onto circulant matrices (circular convolutions),
+        i.e. the average of each wrapped diagonal. Returns the mean of ||M - circ(M)|| / ||M||.
+        """
+        if self.fixed:
+            return 0.0
+        dists = []
+        for a, p in enumerate(self.plans):
+            k_in, l_mat, k_out = self.K_in[a].dense(), self.L[a].dense(), self.K_out[a].dense()
+            idx = torch.arange(p.n, device=k_in.device)
+            diag_of = (idx.view(-1, 1) - idx.view(1, -1)) % p.n  # which wrapped diagonal (i, j) is on
+            for col in p.tap_cols:
+                m = k_out @ (l_mat[:, col].unsqueeze(1) * k_in)
+                means = torch.zeros(p.n, dtype=m.dtype, device=m.device).index_add_(0, diag_of.flatten(), m.flatten())
+                circ = (means / p.n)[diag_of]
+                dists.append(((m - circ).norm() / m.norm().clamp_min(1e-12)).item())
+        return float(sum(dists) / len(dists))
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"input_size={self.input_size}, stride={self.stride}, padding={self.padding}"
+        )
+        if any(d != 1 for d in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        if self.max_kernel_size != self.kernel_size:
+            s += f", max_kernel_size={self.max_kernel_size}"
+        if self.fixed:
+            return s + ", fixed=True (torch.fft)"
+        return s + (
+            f", init={self.init!r}, depth={self.depth}, search={self.search}, "
+            f"n={tuple(p.n for p in self.plans)}"
+        )
