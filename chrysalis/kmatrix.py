@@ -93,6 +93,7 @@ class KMatrix(nn.Module):
         gain: multiplies the "random" init so that the matrix has spectral norm `gain`
             (e.g. sqrt(n) to match the unnormalised DFT's scale).
         generator: torch.Generator for the "random" init.
+        device, dtype: where and in which real dtype (float32 -> complex64 arithmetic) to build.
 
     Parameters: `twiddle`, real (depth, m, n/2, 2, 2, 2): butterfly, factor (in application
     order), block, 2x2 entries, (re, im).
@@ -107,6 +108,8 @@ class KMatrix(nn.Module):
         increasing: bool | None = None,
         gain: float = 1.0,
         generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         m = _log2(n)
@@ -125,7 +128,9 @@ class KMatrix(nn.Module):
             blocks = eye
             if init in ("fft", "ifft"):
                 blocks[0] = _fft_twiddles(n, inverse=(init == "ifft"))
-        self.twiddle = nn.Parameter(torch.view_as_real(blocks).to(torch.get_default_dtype()))
+        # Built in float64 and rounded once, so a float64 K-matrix is exact to float64 precision.
+        real = torch.view_as_real(blocks).to(device=device, dtype=dtype or torch.get_default_dtype())
+        self.twiddle = nn.Parameter(real)
 
     # -- structure ------------------------------------------------------------------------
     def strides(self) -> list[list[int]]:

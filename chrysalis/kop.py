@@ -119,6 +119,7 @@ class KOp(nn.Module):
         strategy: "dense" (materialise K-matrices, matrix products), "butterfly" (factor by
             factor) or "auto" (dense for n <= DENSE_MAX_N). All compute the same op.
         generator: torch.Generator for the random architecture and weight init.
+        device, dtype: as for nn.ConvNd (float64 builds exact float64 K-matrices).
 
     Parameters: `weight` (out, in/groups, *max_kernel_size), `bias` (out,) — the model weights;
     `K_in`, `L`, `K_out`: one KMatrix per spatial axis each (nn.ModuleList) — the architecture.
@@ -144,6 +145,8 @@ class KOp(nn.Module):
         search: Sequence[str] = KMATRIX_NAMES,
         strategy: str = "auto",
         generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         input_size = (input_size,) if isinstance(input_size, int) else tuple(input_size)
@@ -198,19 +201,19 @@ class KOp(nn.Module):
         ]
         self.output_size = tuple(p.out for p in self.plans)
 
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *max_kernel))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        factory = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *max_kernel, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._reset_weights(generator)
         if fixed:
             self.K_in = self.L = self.K_out = None
         else:
             kinit = "random" if init == "random" else None
-            self.K_in = nn.ModuleList(KMatrix(p.n, depth, kinit or "fft", generator=generator) for p in self.plans)
-            self.L = nn.ModuleList(
-                KMatrix(p.n, depth, kinit or "fft", gain=math.sqrt(p.n), generator=generator) for p in self.plans
-            )
+            kw = dict(generator=generator, **factory)
+            self.K_in = nn.ModuleList(KMatrix(p.n, depth, kinit or "fft", **kw) for p in self.plans)
+            self.L = nn.ModuleList(KMatrix(p.n, depth, kinit or "fft", gain=math.sqrt(p.n), **kw) for p in self.plans)
             self.K_out = nn.ModuleList(
-                KMatrix(p.n, depth, kinit or "ifft", increasing=True, generator=generator) for p in self.plans
+                KMatrix(p.n, depth, kinit or "ifft", increasing=True, **kw) for p in self.plans
             )
             for name in KMATRIX_NAMES:
                 getattr(self, name).requires_grad_(name in self.search)
@@ -243,7 +246,7 @@ class KOp(nn.Module):
         with torch.no_grad():
             self.weight.zero_()
             core = torch.rand(self.weight[self._core_slice()].shape, generator=generator) * 2 - 1
-            self.weight[self._core_slice()] = core * bound
+            self.weight[self._core_slice()] = core.to(self.weight) * bound
             if self.bias is not None:
                 self.bias.copy_((torch.rand(self.out_channels, generator=generator) * 2 - 1) * bound)
 
@@ -265,9 +268,9 @@ class KOp(nn.Module):
         op = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, input_size,
             stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-            bias=conv.bias is not None, padding_mode=conv.padding_mode, **options,
+            bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype, **options,
         )
-        op.to(device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
             op.weight.zero_()
             op.weight[op._core_slice()] = conv.weight
