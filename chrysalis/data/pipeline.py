@@ -1,0 +1,212 @@
+"""From parsed files to the three split tensors: held-out test, validation, limit, transforms,
+normalisation (images) or vocabulary and ids (text).
+
+The result of :func:`build` is cached per (dataset, root, options), so asking for train, val and
+test of one configuration does the work once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import sphere, transforms
+from .base import DatasetInfo, stratified_holdout
+from .images import RawImages
+from .text import RawText, build_vocab, encode, tokenize
+
+# Seed of the held-out test carved from sets without an official test split. It is a constant,
+# independent of ``split_seed``, so no choice made during a search can move an item into test.
+HELDOUT_SEED = 20140825
+
+
+@dataclass(frozen=True)
+class Built:
+    """The cached result: tensors per split, the info, and per-dataset extras."""
+
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    info: DatasetInfo
+    extras: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Index arrays into a source array for each split, plus which source each split reads."""
+
+    source: dict[str, int]  # split -> 0 (the file's train part) or 1 (its official test part)
+    index: dict[str, np.ndarray]
+
+
+def make_pools(
+    train_y: np.ndarray,
+    test_y: np.ndarray | None,
+    heldout: int | float,
+    val_fraction: float,
+    split_seed: int,
+    limit: int | None,
+    val_y: np.ndarray | None = None,
+) -> Pools:
+    """Decide which items go to train / val / test.
+
+    * test: the official test part if there is one, else ``heldout`` items (an int, or a fraction
+      of the data) carved from the train part, stratified, with :data:`HELDOUT_SEED`;
+    * val: the official dev part if given (``val_y``), else ``round(val_fraction * n)`` of the
+      remaining training items, stratified, seeded with ``split_seed``;
+    * ``limit``: each split is cut to at most ``limit`` items by a stratified, seeded choice.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = len(train_y)
+    if test_y is None:
+        n_test = heldout if isinstance(heldout, int) else round(heldout * n)
+        pool, test_idx = stratified_holdout(train_y, n_test, HELDOUT_SEED)
+        source = {"train": 0, "val": 0, "test": 0}
+    else:
+        pool, test_idx = np.arange(n), np.arange(len(test_y))
+        source = {"train": 0, "val": 0, "test": 1}
+    if val_y is not None:
+        train_idx, val_idx = pool, np.arange(len(val_y))
+        source["val"] = 2
+    else:
+        keep, held = stratified_holdout(train_y[pool], round(val_fraction * len(pool)), split_seed)
+        train_idx, val_idx = pool[keep], pool[held]
+    index = {"train": train_idx, "val": val_idx, "test": test_idx}
+    if limit is not None:
+        labels = {0: train_y, 1: test_y, 2: val_y}
+        for split, idx in index.items():
+            if len(idx) > limit:
+                _, chosen = stratified_holdout(labels[source[split]][idx], limit, split_seed)
+                index[split] = idx[chosen]
+    return Pools(source, index)
+
+
+# ----------------------------------------------------------------------------------- images
+
+
+def _channel_stats_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of integer images, from exact int64 sums.
+
+    Integer sums do not depend on the order of the pixels, so a permuted dataset gets exactly the
+    same statistics (to the last bit) as the original - undoing the permutation then recovers the
+    original normalised images exactly.
+    """
+    v = x.transpose(0, 1).reshape(x.shape[1], -1).to(torch.int64)
+    count = max(v.shape[1], 1)
+    s1, s2 = v.sum(1).double(), (v * v).sum(1).double()
+    mean = s1 / count
+    std = (s2 / count - mean**2).clamp_min(0).sqrt()
+    return mean, std
+
+
+def _channel_stats_float(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    v = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+    if v.shape[1] == 0:
+        return torch.zeros(x.shape[1], dtype=torch.float64), torch.ones(x.shape[1], dtype=torch.float64)
+    return v.mean(1), v.std(1, unbiased=False)
+
+
+def build_images(
+    name: str,
+    raw: RawImages,
+    heldout: int | float,
+    variant: str | None,
+    options: dict[str, Any],
+) -> Built:
+    """Split, pad, apply the variant and normalise an image set.
+
+    Order: uint8 pixels -> ``pad_to`` (zeros, i.e. background) -> permutation/shuffle (still
+    uint8, exact) or spherical projection (of pixels scaled to [0, 1]) -> per-channel
+    normalisation with the mean/std of the *train* split (after the val carve) of that final
+    representation.
+    """
+    pools = make_pools(
+        raw.train_y, raw.test_y, heldout, options["val_fraction"], options["split_seed"], options.get("limit")
+    )
+    xs = {0: raw.train_x, 1: raw.test_x}
+    ys = {0: raw.train_y, 1: raw.test_y}
+    splits = {}
+    for split, idx in pools.index.items():
+        src = pools.source[split]
+        splits[split] = (torch.from_numpy(xs[src][idx]), torch.from_numpy(ys[src][idx]))
+
+    if variant == "spherical":
+        rotate = {"NR/NR": (), "NR/R": ("test",), "R/R": ("train", "val", "test")}[options["rotation"]]
+        for split, (x, y) in splits.items():
+            rotations = None
+            if split in rotate:
+                # Rotations drawn for every item of the source array, then indexed: the rotation
+                # of an image depends only on rotation_seed, its source part and its index there.
+                src = pools.source[split]
+                g = torch.Generator().manual_seed(2 * options["rotation_seed"] + src)
+                all_rotations = sphere.random_rotations(len(ys[src]), generator=g)
+                rotations = all_rotations[torch.from_numpy(pools.index[split])]
+            planar = x.to(torch.float32) / raw.max_value
+            splits[split] = (sphere.project(planar, options["grid"], rotations), y)
+        mean, std = _channel_stats_float(splits["train"][0])
+    else:
+        if options.get("pad_to") is not None:
+            splits = {s: (transforms.pad_to(x, options["pad_to"]), y) for s, (x, y) in splits.items()}
+        h, w = splits["train"][0].shape[-2:]
+        if variant == "permuted":
+            rows, cols = transforms.axis_permutations(h, w, options["permute_seed"])
+            splits = {s: (transforms.permute_axes(x, rows, cols), y) for s, (x, y) in splits.items()}
+        elif variant == "shuffled":
+            perm = transforms.pixel_permutation(h, w, options["permute_seed"])
+            splits = {s: (transforms.shuffle_pixels(x, perm), y) for s, (x, y) in splits.items()}
+        mean, std = _channel_stats_uint8(splits["train"][0])
+        mean, std = mean / raw.max_value, std / raw.max_value
+        splits = {s: (x.to(torch.float32) / raw.max_value, y) for s, (x, y) in splits.items()}
+
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays at 0
+    m32 = mean.to(torch.float32).view(1, -1, 1, 1)
+    s32 = std.to(torch.float32).view(1, -1, 1, 1)
+    tensors = {s: (((x - m32) / s32).contiguous(), y.to(torch.int64)) for s, (x, y) in splits.items()}
+    info = DatasetInfo(
+        name=name,
+        kind="image",
+        input_shape=tuple(tensors["train"][0].shape[1:]),
+        num_classes=len(raw.class_names),
+        vocab_size=None,
+        class_names=raw.class_names,
+        options=dict(options),
+    )
+    normalization = {"mean": mean.tolist(), "std": std.tolist(), "scale": raw.max_value}
+    return Built(tensors, info, {"normalization": normalization})
+
+
+# ------------------------------------------------------------------------------------- text
+
+
+def build_text(name: str, raw: RawText, heldout: int | float, options: dict[str, Any]) -> Built:
+    """Split, tokenise, build the vocabulary on the train split only, and encode every split."""
+    pools = make_pools(
+        raw.train_y,
+        raw.test_y,
+        heldout,
+        options["val_fraction"],
+        options["split_seed"],
+        options.get("limit"),
+        val_y=raw.val_y,
+    )
+    texts = {0: raw.train_texts, 1: raw.test_texts, 2: raw.val_texts}
+    ys = {0: raw.train_y, 1: raw.test_y, 2: raw.val_y}
+    tokens, labels = {}, {}
+    for split, idx in pools.index.items():
+        src = pools.source[split]
+        tokens[split] = [tokenize(texts[src][i]) for i in idx]
+        labels[split] = torch.from_numpy(ys[src][idx])
+    vocab = build_vocab(tokens["train"], options["max_vocab"], options["min_freq"])
+    tensors = {s: (torch.from_numpy(encode(tokens[s], vocab, options["max_len"])), labels[s]) for s in tokens}
+    info = DatasetInfo(
+        name=name,
+        kind="text",
+        input_shape=(options["max_len"],),
+        num_classes=len(raw.class_names),
+        vocab_size=len(vocab),
+        class_names=raw.class_names,
+        options=dict(options),
+    )
+    return Built(tensors, info, {"vocab": vocab})
