@@ -216,4 +216,4 @@ def get_dataset(
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
     inputs, targets = built.tensors[split]
-    return ArrayDataset(inputs, targets, built.info, split, **built.extras)
+    return ArrayDataset(inputs, targets, built.info, split, indices=built.indices[split], **built.extras)

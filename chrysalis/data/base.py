@@ -77,6 +77,11 @@ class ArrayDataset(TensorDataset):
     ``targets`` is ``(N,)`` int64. A training loop may slice ``inputs[idx]`` directly instead of
     going through ``__getitem__`` one item at a time. The tensors may be shared with an in-process
     cache: treat them as read-only (clone before modifying in place).
+
+    Extras set by :func:`chrysalis.data.get_dataset`: ``indices`` (int64, the position of each item
+    in the part of the source it was taken from: the file's training part, or its official
+    test/dev part for a test/val split that has one), ``normalization`` (images: per-channel
+    ``mean``/``std`` in units of the white level ``scale``) or ``vocab`` (text: tokens by id).
     """
 
     def __init__(

@@ -25,11 +25,13 @@ HELDOUT_SEED = 20140825
 
 @dataclass(frozen=True)
 class Built:
-    """The cached result: tensors per split, the info, and per-dataset extras."""
+    """The cached result: tensors per split, the info, per-dataset extras, and for each split the
+    positions of its items in the part of the source files they come from."""
 
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
     info: DatasetInfo
     extras: dict[str, Any]
+    indices: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ def make_pools(
                 _, chosen = stratified_holdout(labels[source[split]][idx], limit, split_seed)
                 index[split] = idx[chosen]
     return Pools(source, index)
+
+
+def _indices(pools: Pools) -> dict[str, torch.Tensor]:
+    return {s: torch.from_numpy(np.asarray(i, dtype=np.int64)) for s, i in pools.index.items()}
 
 
 # ----------------------------------------------------------------------------------- images
@@ -174,7 +180,7 @@ def build_images(
         options=dict(options),
     )
     normalization = {"mean": mean.tolist(), "std": std.tolist(), "scale": raw.max_value}
-    return Built(tensors, info, {"normalization": normalization})
+    return Built(tensors, info, {"normalization": normalization}, _indices(pools))
 
 
 # ------------------------------------------------------------------------------------- text
@@ -209,4 +215,4 @@ def build_text(name: str, raw: RawText, heldout: int | float, options: dict[str,
         class_names=raw.class_names,
         options=dict(options),
     )
-    return Built(tensors, info, {"vocab": vocab})
+    return Built(tensors, info, {"vocab": vocab}, _indices(pools))

@@ -2,8 +2,9 @@
 
 The CIFAR "python version" files are Python 2 pickles of a dict with bytes keys whose values are
 lists of ints or bytes and numpy ``uint8`` arrays. Unpickling a numpy array needs exactly three
-globals (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``); anything
-else - ``os.system``, ``builtins.eval``, ``subprocess.Popen``... - is refused, because a pickle can
+globals (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``), and a
+re-pickled file from Python 3 with protocol 2 also spells bytes as ``_codecs.encode(s, "latin1")``,
+which is allowed for that codec only; anything else - ``os.system``, ``builtins.eval``, ``subprocess.Popen``... - is refused, because a pickle can
 call any global it names. Plain ``pickle.load`` is never used on data files.
 """
 
@@ -22,6 +23,14 @@ try:  # numpy >= 2 keeps the implementation in numpy._core
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """Stand-in for ``_codecs.encode``: Python 3 writes ``bytes`` into protocol-2 pickles as
+    ``_codecs.encode(text, "latin1")``. Only that use is allowed, no other codec."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode with {type(text).__name__} / {encoding!r}")
+    return text.encode("latin-1")
+
+
 # (module, name) -> the object it may resolve to. Both module spellings of _reconstruct occur:
 # files written by numpy 1.x (all real CIFAR archives) and by numpy 2.x.
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -29,6 +38,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
 }
 
 
