@@ -225,7 +225,18 @@ def write_cifar10(folder: Path) -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     members = {f"data_batch_{i}": cifar_batch(rng, 4, b"labels", 10) for i in range(1, 6)}
     members["test_batch"] = cifar_batch(rng, 6, b"labels", 10)
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
     members["batches.meta"] = pickle.dumps({b"label_names": names, b"num_cases_per_batch": 4}, protocol=2)
     folder.mkdir(parents=True)
     for name, data in members.items():

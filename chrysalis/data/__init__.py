@@ -106,7 +106,9 @@ _REGISTRY: dict[str, _Spec] = {
     "fashion-mnist": _idx("fashion-mnist"),
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100", label_mode="fine"),
-    "bbc-news": _Spec("text", _shipped, lambda p, s, o: text.load_bbc_news(), heldout=445, defaults={"max_len": 400}),
+    "bbc-news": _Spec(
+        "text", _shipped, lambda p, s, o: text.load_bbc_news(), heldout=445, defaults={"max_len": 400}
+    ),
     **{name: _sentences(name) for name in text.SENTENCE_SETS},
 }
 IMAGE_SETS = tuple(n for n, s in _REGISTRY.items() if s.kind == "image")

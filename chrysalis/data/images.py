@@ -81,7 +81,8 @@ def parse_idx(data: bytes, where: str = "<bytes>") -> np.ndarray:
     if actual != expected:
         kind = "truncated" if actual < expected else "has trailing bytes"
         raise CorruptDataError(
-            f"{where}: idx file {kind}: header says shape {dims} ({expected} bytes of data), found {actual} bytes"
+            f"{where}: idx file {kind}: header says shape {dims} ({expected} bytes of data), "
+            f"found {actual} bytes"
         )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -247,7 +248,9 @@ def load_mnist5k() -> RawImages:
     except (EOFError, OSError, ValueError, zlib.error) as e:
         raise CorruptDataError(f"{path}: cannot parse the mnist5k CSV ({e})") from e
     if table.ndim != 2 or table.shape[1] != 785 or table.min() < 0 or table[:, :784].max() > 255:
-        raise CorruptDataError(f"{path}: expected rows of 784 pixels in 0..255 and a label, got {table.shape}")
+        raise CorruptDataError(
+            f"{path}: expected rows of 784 pixels in 0..255 and a label, got {table.shape}"
+        )
     labels = table[:, 784]
     if labels.max() > 9:
         raise CorruptDataError(f"{path}: label {labels.max()} out of range 0..9")
@@ -265,7 +268,9 @@ def load_digits8() -> RawImages:
     """
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise DataNotFoundError("digits: ships inside scikit-learn; install it with `pip install scikit-learn`.")
+        raise DataNotFoundError(
+            "digits: ships inside scikit-learn; install it with `pip install scikit-learn`."
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
     if path.is_file():
         with gzip.open(path, "rt") as f:

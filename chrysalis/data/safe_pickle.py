@@ -4,8 +4,9 @@ The CIFAR "python version" files are Python 2 pickles of a dict with bytes keys 
 lists of ints or bytes and numpy ``uint8`` arrays. Unpickling a numpy array needs exactly three
 globals (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``), and a
 re-pickled file from Python 3 with protocol 2 also spells bytes as ``_codecs.encode(s, "latin1")``,
-which is allowed for that codec only; anything else - ``os.system``, ``builtins.eval``, ``subprocess.Popen``... - is refused, because a pickle can
-call any global it names. Plain ``pickle.load`` is never used on data files.
+which is allowed for that codec only. Anything else - ``os.system``, ``builtins.eval``,
+``subprocess.Popen``... - is refused, because a pickle can call any global it names. Plain
+``pickle.load`` is never used on data files.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ try:  # numpy >= 2 keeps the implementation in numpy._core
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
+
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     """Stand-in for ``_codecs.encode``: Python 3 writes ``bytes`` into protocol-2 pickles as

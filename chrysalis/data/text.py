@@ -55,7 +55,9 @@ def tokenize(text: str) -> list[str]:
     return _SPACES.sub(" ", s).strip().split(" ") if s.strip() else []
 
 
-def build_vocab(documents: Iterable[Sequence[str]], max_vocab: int | None = None, min_freq: int = 1) -> tuple[str, ...]:
+def build_vocab(
+    documents: Iterable[Sequence[str]], max_vocab: int | None = None, min_freq: int = 1
+) -> tuple[str, ...]:
     """Tokens by id: ``<pad>`` (0), ``<unk>`` (1), then words seen at least ``min_freq`` times,
     most frequent first (ties alphabetical, so the result is deterministic), at most ``max_vocab``
     entries in all (including the two specials)."""
@@ -214,7 +216,9 @@ def load_sentences(name: str, folder: Path, stamp: tuple = ()) -> RawText:
         return RawText(*_pack(texts, labels), None, None, None, None, classes, str(folder))
     if name in _SST:
         stem, classes = _SST[name]
-        parts = [_pack(*_read_labelled(folder / f"{stem}.{p}", len(classes))) for p in ("train", "dev", "test")]
+        parts = [
+            _pack(*_read_labelled(folder / f"{stem}.{p}", len(classes))) for p in ("train", "dev", "test")
+        ]
         return RawText(*parts[0], *parts[1], *parts[2], classes, str(folder))
     train = _pack(*_read_trec(folder / "TREC.train.all"))
     test = _pack(*_read_trec(folder / "TREC.test.all"))
