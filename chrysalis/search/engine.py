@@ -1,0 +1,453 @@
+"""The search engine: one run = one directory, trained epoch by epoch, resumable to the same result.
+
+Layout of a run directory (documented in docs/SEARCH.md):
+    config.yaml      the resolved SearchConfig
+    metrics.jsonl    one JSON line per finished epoch
+    checkpoint.pt    the latest state (atomic writes; loads with torch.load(..., weights_only=True))
+    tb/              TensorBoard events
+    results.json     written once the run has finished (schema 1)
+
+Determinism: the training order of epoch e is a permutation drawn from a generator seeded by
+(seed, e), and validation batches for bilevel from (seed, e, cycle), so both are pure functions of
+the position in the run; the checkpoint stores the global RNG states (dropout) and the position,
+so a resumed run replays exactly what an uninterrupted one would have done. The test split is read
+only after the search, to report the final numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..chrysalize import arch_parameters, kops, weight_parameters
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .config import ConfigError, SearchConfig, config_differences, read_yaml
+from .methods import Method, lr_factor, make_method
+
+RESULTS_SCHEMA = 1
+RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT_NAME, "results.json")
+
+
+# --------------------------------------------------------------------------- data and model
+def _get_dataset(name: str, split: str, **options: Any) -> Any:
+    """`chrysalis.data.get_dataset` (imported late: tests substitute this hook)."""
+    from ..data import get_dataset
+
+    return get_dataset(name, split, **options)
+
+
+def _create_space(name: str, info: Any, op: str, *, space_options: dict, **kop_options: Any) -> nn.Module:
+    """`chrysalis.spaces.create_space` (imported late: tests substitute this hook)."""
+    from ..spaces import create_space
+
+    return create_space(name, info, op, space_options=space_options, **kop_options)
+
+
+@dataclass
+class Split:
+    """One split held in memory (on the run's device): batches are indexed directly, no DataLoader."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    info: Any
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def load_split(config: SearchConfig, split: str, limit: int | None = None, device: str = "cpu") -> Split:
+    """The `split` of the config's dataset, cut to `limit` examples.
+
+    The subset is the first `limit` examples after a fixed shuffle (the same for every seed and
+    run): stored splits may be sorted by class, so a plain prefix could hold a single class.
+    """
+    ds = _get_dataset(config.data, split, **config.data_options)
+    inputs, targets = ds.inputs, ds.targets
+    if limit is not None and limit < len(targets):
+        keep = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        inputs, targets = inputs[keep], targets[keep]
+    if len(targets) == 0:
+        raise ConfigError(f"the {split} split of {config.data!r} is empty")
+    return Split(inputs.to(device), targets.to(device), ds.info)
+
+
+def build_model(config: SearchConfig, info: Any) -> nn.Module:
+    """The backbone for `info` with the config's op, seeded by `config.seed`.
+
+    Seeding right before building makes a conv model and its warm-started K-op twin (same seed)
+    start from the same weights, so they compute the same function at step 0.
+    """
+    torch.manual_seed(config.seed)
+    kop_options: dict[str, Any] = {}
+    if config.op == "kop":
+        kop_options = {"init": config.init, "depth": config.depth, **config.kop_options}
+    elif config.op == "fft":
+        kop_options = dict(config.kop_options)
+    return _create_space(config.space, info, config.op, space_options=dict(config.space_options),
+                         **kop_options)
+
+
+def load_architecture(model: nn.Module, run_dir: str | Path) -> None:
+    """Copy the architecture parameters of the run in `run_dir` (its checkpoint) into `model`."""
+    state = load_checkpoint(run_dir)["model"]
+    arch_ids = {id(p) for p in arch_parameters(model)}
+    names = [n for n, p in model.named_parameters() if id(p) in arch_ids]
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise ConfigError(f"the checkpoint in {run_dir} has no architecture parameter(s) "
+                          f"{', '.join(missing[:3])}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            if params[n].shape != state[n].shape:
+                raise ConfigError(f"architecture {n} has shape {tuple(state[n].shape)} in {run_dir}, "
+                                  f"but {tuple(params[n].shape)} here")
+            params[n].copy_(state[n])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on `split`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        x, y = split.inputs[i:i + batch_size], split.targets[i:i + batch_size]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return loss_sum / len(split), correct / len(split)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda if available, else cpu; anything else as torch.device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {name!r} ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def _generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by a tuple of ints (the data order is a pure function of them)."""
+    h = 0
+    for k in keys:
+        h = (h * 1_000_003 + int(k) + 1) % (2**61 - 1)
+    return torch.Generator().manual_seed(h)
+
+
+def default_out(config: SearchConfig) -> str:
+    """runs/<space>-<data>-<op>-<method>[-<init>]-s<seed>."""
+    parts = [config.space, config.data, config.op, config.method]
+    if config.op == "kop":
+        parts.append(config.init)
+    return str(Path("runs") / ("-".join(parts) + f"-s{config.seed}"))
+
+
+# --------------------------------------------------------------------------- the run
+class SearchRun:
+    """A search/training run in one directory; `run()` trains (or resumes) and writes results.
+
+    Args:
+        config: the run's configuration (`config.out` is its directory; default from the config).
+        resume: continue from `out/checkpoint.pt` if there is one (a fresh start otherwise).
+        overwrite: delete a previous run's files in `out` and start over.
+    """
+
+    def __init__(self, config: SearchConfig, *, resume: bool = False, overwrite: bool = False) -> None:
+        if config.out is None:
+            config = config.replace(out=default_out(config))
+        self.config = config
+        self.out = Path(config.out)
+        self.resume, self.overwrite = resume, overwrite
+        self._log_fn: Callable[[str], None] = print
+
+    # -- setup -----------------------------------------------------------------------------
+    def _prepare_dir(self) -> dict[str, Any] | None:
+        """Create/check the run directory; return the checkpoint to resume from, if any."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        has_run = any((self.out / f).exists() for f in RUN_FILES)
+        if self.overwrite:
+            for f in RUN_FILES:
+                (self.out / f).unlink(missing_ok=True)
+            shutil.rmtree(self.out / "tb", ignore_errors=True)
+        elif has_run and not self.resume:
+            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, "
+                              "--overwrite to start over, or another --out")
+        ckpt = None
+        if self.resume and (self.out / "config.yaml").exists():
+            saved = SearchConfig.from_dict(read_yaml(self.out / "config.yaml"))
+            diff = config_differences(saved, self.config)
+            if diff:
+                details = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(self.config, k)!r}"
+                                    for k in diff)
+                raise ConfigError(f"cannot resume {self.out}: its config differs ({details})")
+            if (self.out / CHECKPOINT_NAME).exists():
+                ckpt = load_checkpoint(self.out / CHECKPOINT_NAME)
+        self.config.save(self.out / "config.yaml")
+        return ckpt
+
+    def _setup(self) -> dict[str, Any] | None:
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        ckpt = self._prepare_dir()
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.train = load_split(cfg, "train", cfg.limit_train, self.device)
+        self.val = load_split(cfg, "val", cfg.limit_val, self.device)
+        self.model = build_model(cfg, self.train.info).to(self.device)
+        if cfg.arch_from:
+            load_architecture(self.model, cfg.arch_from)
+        arch_all = list(arch_parameters(self.model))
+        searched = cfg.method != "fixed" and not cfg.arch_from
+        # Parameters frozen by the space (KOp `search=`) stay frozen; `fixed` freezes them all.
+        arch = [p for p in arch_all if p.requires_grad] if searched else []
+        for p in arch_all:
+            if not searched:
+                p.requires_grad_(False)
+        weights = [p for p in weight_parameters(self.model) if p.requires_grad]
+        self.num_weight_params = sum(p.numel() for p in weight_parameters(self.model))
+        self.num_arch_params = sum(p.numel() for p in arch_all)
+        weight_opt = torch.optim.SGD(weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        arch_opt = None
+        if arch:
+            if cfg.arch_optimizer == "adam":
+                arch_opt = torch.optim.Adam(arch, lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
+            else:
+                arch_opt = torch.optim.SGD(arch, lr=cfg.arch_lr, momentum=cfg.momentum,
+                                           weight_decay=cfg.arch_weight_decay)
+        self.method: Method = make_method(cfg.method, self.model, weights, arch, weight_opt, arch_opt,
+                                          grad_clip=cfg.grad_clip, second_order=cfg.second_order)
+        self.n_batches = max(1, math.ceil(len(self.train) / cfg.batch_size))
+        return ckpt
+
+    # -- data order --------------------------------------------------------------------------
+    def _train_batches(self, epoch: int) -> list[torch.Tensor]:
+        perm = torch.randperm(len(self.train), generator=_generator(self.config.seed, epoch))
+        batches = list(perm.split(self.config.batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1:  # a batch of one breaks BatchNorm
+            batches.pop()
+        return batches
+
+    def _val_stream(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Validation batches for the bilevel architecture steps: the k-th is a function of (epoch, k)."""
+        bs, n = self.config.batch_size, len(self.val)
+        per_cycle = max(1, math.ceil(n / bs))
+        k = start
+        while True:
+            cycle, j = divmod(k, per_cycle)
+            perm = torch.randperm(n, generator=_generator(self.config.seed, epoch, 7, cycle))
+            idx = perm[j * bs:(j + 1) * bs].to(self.device)
+            k += 1
+            yield self.val.inputs[idx], self.val.targets[idx]
+
+    # -- schedule ------------------------------------------------------------------------------
+    def _apply_schedule(self, epoch: int) -> float:
+        cfg = self.config
+        factor = lr_factor(epoch / cfg.epochs, cfg.lr_milestones, cfg.lr_gammas)
+        for g in self.method.weight_opt.param_groups:
+            g["lr"] = cfg.lr * factor
+        if self.method.arch_opt is not None:
+            for g in self.method.arch_opt.param_groups:
+                g["lr"] = cfg.arch_lr * factor
+        self.method.set_arch_active(epoch >= cfg.warmup_epochs)
+        return factor
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def _checkpoint(self, epoch: int, batch: int, running: dict[str, float], epoch_seconds: float) -> None:
+        m = self.method
+        save_atomic({
+            "format": 1,
+            "config": self.config.to_dict(),
+            "epoch": epoch,  # the epoch to continue (== epochs done when batch == 0)
+            "batch": batch,  # the next batch of that epoch
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "weight_opt": m.weight_opt.state_dict(),
+            "arch_opt": m.arch_opt.state_dict() if m.arch_opt is not None else {},
+            "schedule": {"progress": epoch / self.config.epochs,
+                         "factor": lr_factor(epoch / self.config.epochs, self.config.lr_milestones,
+                                             self.config.lr_gammas)},
+            "rng": rng_state(),
+            "running": dict(running),
+            "epoch_seconds": epoch_seconds,
+            "wall_seconds": self.wall_before + (time.perf_counter() - self.t0),
+        }, self.out / CHECKPOINT_NAME)
+
+    def _restore(self, ckpt: dict[str, Any]) -> tuple[int, int, dict[str, float], float]:
+        self.model.load_state_dict(ckpt["model"])
+        self.method.weight_opt.load_state_dict(ckpt["weight_opt"])
+        if self.method.arch_opt is not None and ckpt["arch_opt"]:
+            self.method.arch_opt.load_state_dict(ckpt["arch_opt"])
+        set_rng_state(ckpt["rng"])
+        self.step = ckpt["step"]
+        self.wall_before = ckpt["wall_seconds"]
+        # Drop metric lines written after this checkpoint (a crash between the two writes).
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():
+            lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln)["epoch"] <= ckpt["epoch"]]
+            metrics.write_text("".join(ln + "\n" for ln in keep))
+        return ckpt["epoch"], ckpt["batch"], dict(ckpt["running"]), ckpt["epoch_seconds"]
+
+    # -- logging -------------------------------------------------------------------------------
+    def _log(self, msg: str) -> None:
+        if self.config.quiet:
+            print(msg, flush=True)
+        else:
+            tqdm.write(msg)
+
+    def _writer(self, purge_step: int | None):
+        if not self.config.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
+
+        return SummaryWriter(str(self.out / "tb"), purge_step=purge_step)
+
+    # -- main loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train (or resume) to `config.epochs`, then evaluate on test and write results.json."""
+        cfg = self.config
+        ckpt = self._setup()
+        self.t0 = time.perf_counter()
+        self.step, self.wall_before = 0, 0.0
+        start_epoch, start_batch, running, epoch_seconds = 0, 0, {}, 0.0
+        if ckpt is not None:
+            start_epoch, start_batch, running, epoch_seconds = self._restore(ckpt)
+            self._log(f"resuming {self.out} at epoch {start_epoch + 1}, batch {start_batch}")
+        writer = self._writer(purge_step=start_epoch + 1 if ckpt is not None else None)
+        self.model.train()
+        try:
+            epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.method}/{cfg.op}", unit="epoch",
+                          initial=start_epoch, total=cfg.epochs, disable=cfg.quiet, dynamic_ncols=True)
+            for epoch in epochs:
+                b0 = start_batch if epoch == start_epoch else 0
+                if b0 == 0:
+                    running, epoch_seconds = {"loss": 0.0, "correct": 0.0, "count": 0.0}, 0.0
+                record = self._train_epoch(epoch, b0, running, epoch_seconds)
+                self._log_epoch(record, writer)
+                self._checkpoint(epoch + 1, 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, 0.0)
+        finally:
+            if writer is not None:
+                writer.close()
+        return self._finish()
+
+    def _train_epoch(self, epoch: int, b0: int, running: dict[str, float], epoch_seconds: float) -> dict:
+        cfg = self.config
+        t_start = time.perf_counter() - epoch_seconds
+        factor = self._apply_schedule(epoch)
+        batches = self._train_batches(epoch)
+        val_stream = self._val_stream(epoch, start=b0) if self.method.uses_val else None
+
+        def next_val() -> tuple[torch.Tensor, torch.Tensor]:
+            return next(val_stream)
+
+        bar = tqdm(total=len(batches), initial=b0, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   leave=False, disable=cfg.quiet, dynamic_ncols=True)
+        for b in range(b0, len(batches)):
+            idx = batches[b].to(self.device)
+            x, y = self.train.inputs[idx], self.train.targets[idx]
+            loss, logits = self.method.step((x, y), next_val)
+            self.step += 1
+            running["loss"] += loss.item() * len(y)
+            running["correct"] += (logits.argmax(1) == y).sum().item()
+            running["count"] += len(y)
+            bar.update(1)
+            bar.set_postfix(loss=f"{running['loss'] / running['count']:.3f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and b + 1 < len(batches):
+                self._checkpoint(epoch, b + 1, running, time.perf_counter() - t_start)
+        bar.close()
+        val_loss, val_acc = evaluate(self.model, self.val, cfg.eval_batch_size)
+        arch_opt = self.method.arch_opt
+        return {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "train_loss": running["loss"] / max(running["count"], 1),
+            "train_acc": running["correct"] / max(running["count"], 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": cfg.lr * factor,
+            "arch_lr": cfg.arch_lr * factor if arch_opt is not None else None,
+            "arch_active": self.method.arch_active,
+            "seconds": time.perf_counter() - t_start,
+            "conv_distance": {name: op.conv_distance() for name, op in kops(self.model)},
+        }
+
+    def _log_epoch(self, record: dict, writer) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        e = record["epoch"]
+        dist = record["conv_distance"]
+        mean_dist = f" conv_dist {sum(dist.values()) / len(dist):.3f}" if dist else ""
+        self._log(f"[{self.out.name}] epoch {e}/{self.config.epochs} train_loss {record['train_loss']:.4f} "
+                  f"train_acc {record['train_acc']:.4f} val_loss {record['val_loss']:.4f} "
+                  f"val_acc {record['val_acc']:.4f}{mean_dist} ({record['seconds']:.1f}s)")
+        if writer is not None:
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "arch_lr"):
+                if record[key] is not None:
+                    writer.add_scalar(key.replace("_", "/", 1) if "_" in key else key, record[key], e)
+            for name, d in dist.items():
+                writer.add_scalar(f"conv_distance/{name}", d, e)
+            writer.flush()
+
+    def _finish(self) -> dict[str, Any]:
+        """Evaluate the searched model as is on the test split (first read of it) and write results."""
+        cfg = self.config
+        lines = [json.loads(ln) for ln in (self.out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        test = load_split(cfg, "test", None, self.device)
+        test_loss, test_acc = evaluate(self.model, test, cfg.eval_batch_size)
+        last = lines[-1] if lines else {}
+        import chrysalis
+
+        info = self.train.info
+        results = {
+            "schema": RESULTS_SCHEMA,
+            "config": cfg.to_dict(),
+            "data": info.to_dict() if hasattr(info, "to_dict") else dict(vars(info)),
+            "method": cfg.method,
+            "op": cfg.op,
+            "init": cfg.init,
+            "seed": cfg.seed,
+            "epochs": cfg.epochs,
+            "final": {"train_acc": last.get("train_acc"), "train_loss": last.get("train_loss"),
+                      "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"),
+                      "test_acc": test_acc, "test_loss": test_loss},
+            "best_val_acc": max((ln["val_acc"] for ln in lines), default=None),
+            "conv_distance": last.get("conv_distance", {}),
+            "wall_seconds": self.wall_before + (time.perf_counter() - self.t0),
+            "num_weight_params": self.num_weight_params,
+            "num_arch_params": self.num_arch_params,
+            "versions": {"chrysalis": chrysalis.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+        }
+        if cfg.arch_from:
+            results["retrain_of"] = cfg.arch_from
+        (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        self._log(f"[{self.out.name}] test_acc {test_acc:.4f} test_loss {test_loss:.4f} -> {self.out}")
+        return results
+
+
+def run_search(config: SearchConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) one search/training run; returns the contents of its results.json."""
+    return SearchRun(config, resume=resume, overwrite=overwrite).run()
