@@ -172,6 +172,7 @@ def clear_cache() -> None:
         images.load_digits8,
         text.load_bbc_news,
         text.load_sentences,
+        text.tokenize_all,
     ):
         fn.cache_clear()
 

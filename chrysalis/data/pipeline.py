@@ -16,7 +16,7 @@ import torch
 from . import sphere, transforms
 from .base import DatasetInfo, stratified_holdout
 from .images import RawImages
-from .text import RawText, build_vocab, encode, tokenize
+from .text import RawText, build_vocab, encode, tokenize_all
 
 # Seed of the held-out test carved from sets without an official test split. It is a constant,
 # independent of ``split_seed``, so no choice made during a search can move an item into test.
@@ -202,7 +202,8 @@ def build_text(name: str, raw: RawText, heldout: int | float, options: dict[str,
     tokens, labels = {}, {}
     for split, idx in pools.index.items():
         src = pools.source[split]
-        tokens[split] = [tokenize(texts[src][i]) for i in idx]
+        corpus = tokenize_all(texts[src])
+        tokens[split] = [corpus[i] for i in idx]
         labels[split] = torch.from_numpy(ys[src][idx])
     vocab = build_vocab(tokens["train"], options["max_vocab"], options["min_freq"])
     tensors = {s: (torch.from_numpy(encode(tokens[s], vocab, options["max_len"])), labels[s]) for s in tokens}

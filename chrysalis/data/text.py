@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -38,11 +39,10 @@ class RawText:
 
 # ---------------------------------------------------------------------------------- tokenizer
 
-_NOT_KEPT = re.compile(r"[^a-z0-9(),!?'`]")  # everything else becomes a space
+_NOT_KEPT = re.compile(r"[^a-z0-9(),!?'`]+")  # everything else becomes a space
 _CLITIC = re.compile(r"'(s|ve|re|d|ll|m)\b")  # "it's" -> "it 's", "we've" -> "we 've"
 _NEGATION = re.compile(r"n't\b")  # "don't" -> "do n't" (as in the Penn Treebank)
 _PUNCT = re.compile(r"([,!?()])")  # kept as tokens of their own
-_SPACES = re.compile(r"\s+")
 
 
 def tokenize(text: str) -> list[str]:
@@ -52,7 +52,14 @@ def tokenize(text: str) -> list[str]:
     s = _NEGATION.sub(" n't", s)
     s = _CLITIC.sub(r" '\1", s)
     s = _PUNCT.sub(r" \1 ", s)
-    return _SPACES.sub(" ", s).strip().split(" ") if s.strip() else []
+    return s.split()
+
+
+@functools.lru_cache(maxsize=8)
+def tokenize_all(texts: tuple[str, ...]) -> tuple[list[str], ...]:
+    """:func:`tokenize` over a whole corpus, cached: datasets that differ only in ``max_len``,
+    the vocabulary options or the splits share the (slowest) tokenising step. Do not modify."""
+    return tuple(tokenize(t) for t in texts)
 
 
 def build_vocab(
@@ -61,8 +68,9 @@ def build_vocab(
     """Tokens by id: ``<pad>`` (0), ``<unk>`` (1), then words seen at least ``min_freq`` times,
     most frequent first (ties alphabetical, so the result is deterministic), at most ``max_vocab``
     entries in all (including the two specials)."""
-    counts = Counter(token for doc in documents for token in doc)
-    words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+    counts = Counter(itertools.chain.from_iterable(documents))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    words = [w for w, c in ranked if c >= min_freq]
     if max_vocab is not None:
         if max_vocab < 2:
             raise ValueError(f"max_vocab must be >= 2 (the padding and OOV tokens), got {max_vocab}")
