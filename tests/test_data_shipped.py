@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from chrysalis.data import DatasetInfo, clear_cache, get_dataset, list_datasets, transforms
+from chrysalis.data import DatasetInfo, clear_cache, get_dataset, images, list_datasets, transforms
 from chrysalis.data.images import load_mnist5k
 
 SPLITS = ("train", "val", "test")
@@ -152,3 +152,14 @@ def test_list_datasets_names():
     for n in ("mnist5k", "fashion-mnist", "cifar100", "bbc-news", "sst2", "trec", "permuted-cifar10"):
         assert n in names
     assert "spherical-mnist5k" in names and "shuffled-digits" in names and "permuted-bbc-news" not in names
+
+
+@pytest.mark.skipif(
+    not (images.FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
+def test_real_fashion_mnist_from_debian_package(tmp_path):
+    test = get_dataset("fashion-mnist", "test", root=tmp_path)
+    val = get_dataset("fashion-mnist", "val", root=tmp_path)
+    assert len(test) == 10000 and len(val) == 6000 and test.info.input_shape == (1, 28, 28)
+    assert torch.bincount(test.targets).tolist() == [1000] * 10 and test.info.class_names[9] == "Ankle boot"

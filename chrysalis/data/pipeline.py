@@ -92,26 +92,28 @@ def _indices(pools: Pools) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------- images
 
 
-def _channel_stats_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of integer images, from exact int64 sums.
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (population) std of ``(N, C, H, W)`` images, in float64, chunked so
+    no full-size copy is made.
 
-    Integer sums do not depend on the order of the pixels, so a permuted dataset gets exactly the
-    same statistics (to the last bit) as the original - undoing the permutation then recovers the
-    original normalised images exactly.
+    For integer images the sums are exact int64 sums, which do not depend on the order of the
+    pixels: a permuted dataset gets exactly the same statistics (to the last bit) as the
+    original, so undoing the permutation recovers the original normalised images exactly.
     """
-    v = x.transpose(0, 1).reshape(x.shape[1], -1).to(torch.int64)
-    count = max(v.shape[1], 1)
-    s1, s2 = v.sum(1).double(), (v * v).sum(1).double()
-    mean = s1 / count
-    std = (s2 / count - mean**2).clamp_min(0).sqrt()
+    c = x.shape[1]
+    exact = not x.dtype.is_floating_point
+    acc = torch.int64 if exact else torch.float64
+    s1, s2 = torch.zeros(c, dtype=acc), torch.zeros(c, dtype=acc)
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk].to(acc)
+        s1 += block.sum(dim=(0, 2, 3))
+        s2 += (block * block).sum(dim=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if count == 0:
+        return torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    mean = s1.double() / count
+    std = (s2.double() / count - mean**2).clamp_min(0).sqrt()
     return mean, std
-
-
-def _channel_stats_float(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    v = x.transpose(0, 1).reshape(x.shape[1], -1).double()
-    if v.shape[1] == 0:
-        return torch.zeros(x.shape[1], dtype=torch.float64), torch.ones(x.shape[1], dtype=torch.float64)
-    return v.mean(1), v.std(1, unbiased=False)
 
 
 def build_images(
@@ -151,7 +153,7 @@ def build_images(
                 rotations = all_rotations[torch.from_numpy(pools.index[split])]
             planar = x.to(torch.float32) / raw.max_value
             splits[split] = (sphere.project(planar, options["grid"], rotations), y)
-        mean, std = _channel_stats_float(splits["train"][0])
+        mean, std = channel_stats(splits["train"][0])  # in units of the [0, 1] planar pixels
     else:
         if options.get("pad_to") is not None:
             splits = {s: (transforms.pad_to(x, options["pad_to"]), y) for s, (x, y) in splits.items()}
@@ -162,14 +164,15 @@ def build_images(
         elif variant == "shuffled":
             perm = transforms.pixel_permutation(h, w, options["permute_seed"])
             splits = {s: (transforms.shuffle_pixels(x, perm), y) for s, (x, y) in splits.items()}
-        mean, std = _channel_stats_uint8(splits["train"][0])
+        mean, std = channel_stats(splits["train"][0])  # exact, in raw pixel units
         mean, std = mean / raw.max_value, std / raw.max_value
-        splits = {s: (x.to(torch.float32) / raw.max_value, y) for s, (x, y) in splits.items()}
+        splits = {s: (x.to(torch.float32).div_(raw.max_value), y) for s, (x, y) in splits.items()}
 
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays at 0
     m32 = mean.to(torch.float32).view(1, -1, 1, 1)
     s32 = std.to(torch.float32).view(1, -1, 1, 1)
-    tensors = {s: (((x - m32) / s32).contiguous(), y.to(torch.int64)) for s, (x, y) in splits.items()}
+    # In place: every tensor here is a fresh float32 copy (a projection or a dtype conversion).
+    tensors = {s: (x.sub_(m32).div_(s32).contiguous(), y.to(torch.int64)) for s, (x, y) in splits.items()}
     info = DatasetInfo(
         name=name,
         kind="image",
