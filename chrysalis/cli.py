@@ -84,7 +84,7 @@ def _parse_sets(values: list[str] | None) -> dict[str, Any]:
 
 @app.command()
 def search(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (flags override it).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
     space: Annotated[str | None, typer.Option(help="Backbone: lenet, kimcnn, spherical, resnet20.")] = None,
     data: Annotated[str | None, typer.Option(help="Dataset name, e.g. mnist5k, permuted-mnist5k.")] = None,
     method: Annotated[str | None, typer.Option(help="fixed | joint | bilevel.")] = None,
@@ -92,14 +92,14 @@ def search(
     init: Annotated[str | None, typer.Option(help="K-op init: conv (warm start) | random.")] = None,
     depth: Annotated[int | None, typer.Option(help="Butterflies per K-matrix.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    seed: Annotated[list[str] | None, typer.Option(help="Seed(s): repeat or comma-separate for several runs.")] = None,
+    seed: Annotated[list[str] | None, typer.Option(help="Seed(s): repeat, or 0,1,2: one run each.")] = None,
     lr: Annotated[float | None, typer.Option(help="Weight learning rate (SGD).")] = None,
     arch_lr: Annotated[float | None, typer.Option(help="Architecture learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     warmup_epochs: Annotated[int | None, typer.Option(help="Epochs with the architecture frozen.")] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Max gradient norm (0 = off).")] = None,
-    second_order: Annotated[bool | None, typer.Option("--second-order/--first-order",
-                                                      help="Bilevel: unrolled architecture gradient.")] = None,
+    second_order: Annotated[bool | None, typer.Option(
+        "--second-order/--first-order", help="Bilevel: unrolled architecture gradient.")] = None,
     limit_train: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
     limit_val: Annotated[int | None, typer.Option(help="Use only the first N validation examples.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | auto.")] = None,
@@ -108,7 +108,7 @@ def search(
     out: Annotated[Path | None, typer.Option(help="Run directory (several seeds: OUT/seed<N>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous run in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; one line per epoch.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No bars; one line per epoch.")] = False,
 ) -> None:
     """Search (or train) a backbone on a dataset; one run directory per seed."""
     from .search import SearchConfig, run_search
@@ -141,10 +141,12 @@ def search(
 def _print_summary(results: list[dict[str, Any]]) -> None:
     accs = [r["final"]["test_acc"] for r in results]
     for r in results:
-        typer.echo(f"seed {r['seed']}: val_acc {r['final']['val_acc']:.4f} test_acc {r['final']['test_acc']:.4f} "
+        final = r["final"]
+        typer.echo(f"seed {r['seed']}: val_acc {final['val_acc']:.4f} test_acc {final['test_acc']:.4f} "
                    f"({r['wall_seconds']:.0f}s) -> {r['config']['out']}")
     if len(accs) > 1:
-        typer.echo(f"test_acc mean {statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f} over {len(accs)} seeds")
+        mean, std = statistics.mean(accs), statistics.stdev(accs)
+        typer.echo(f"test_acc mean {mean:.4f} ± {std:.4f} over {len(accs)} seeds")
 
 
 @app.command()
@@ -227,11 +229,12 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         return
     table = Table(title="chrysalis demo: LeNet on MNIST (5k) and row/column-permuted MNIST")
     for col in ("data", "op", "method", "init", "val acc", "test acc", "conv dist", "seconds"):
-        table.add_column(col, justify="right" if col in ("val acc", "test acc", "conv dist", "seconds") else "left")
+        numeric = col in ("val acc", "test acc", "conv dist", "seconds")
+        table.add_column(col, justify="right" if numeric else "left")
     for r in rows:
         dist = "-" if r["conv_distance"] is None else f"{r['conv_distance']:.3f}"
-        table.add_row(r["data"], r["op"], r["method"], r["init"], f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
-                      dist, f"{r['seconds']:.0f}")
+        table.add_row(r["data"], r["op"], r["method"], r["init"], f"{r['val_acc']:.4f}",
+                      f"{r['test_acc']:.4f}", dist, f"{r['seconds']:.0f}")
     Console().print(table)
 
 

@@ -85,8 +85,10 @@ def test_lr_factor_is_multistep():
 
 
 # ------------------------------------------------------------------------------------ methods
-@pytest.mark.parametrize("method,op,extra", [("fixed", "conv", {}), ("fixed", "fft", {}), ("joint", "kop", {}),
-                                             ("bilevel", "kop", {}), ("bilevel", "kop", {"second_order": True})])
+@pytest.mark.parametrize("method,op,extra", [
+    ("fixed", "conv", {}), ("fixed", "fft", {}), ("fixed", "kop", {}), ("joint", "kop", {}),
+    ("bilevel", "kop", {}), ("bilevel", "kop", {"second_order": True}),
+])
 def test_every_method_reduces_training_loss(standin, tmp_path, method, op, extra):
     r = run_search(cfg(tmp_path, method=method, op=op, epochs=4, lr=0.05, **extra))
     m = metrics(tmp_path / "run")
@@ -247,7 +249,8 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
 def test_run_directory_and_results_schema(standin, tmp_path):
     r = run_search(cfg(tmp_path, tensorboard=True))
     out = tmp_path / "run"
-    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "results.json", "tb"} <= {p.name for p in out.iterdir()}
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "results.json", "tb"} <= names
     assert any((out / "tb").iterdir())
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(r))

@@ -182,36 +182,37 @@ class SearchRun:
         self._log_fn: Callable[[str], None] = print
 
     # -- setup -----------------------------------------------------------------------------
-    def _prepare_dir(self) -> dict[str, Any] | None:
-        """Create/check the run directory; return the checkpoint to resume from, if any."""
+    def _check_dir(self) -> dict[str, Any] | None:
+        """Check the run directory (nothing written yet); return the checkpoint to resume from."""
+        has_run = any((self.out / f).exists() for f in RUN_FILES if f != "config.yaml")
+        if has_run and not (self.resume or self.overwrite):
+            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, "
+                              "--overwrite to start over, or another --out")
+        if not self.resume or self.overwrite or not (self.out / "config.yaml").exists():
+            return None
+        saved = SearchConfig.from_dict(read_yaml(self.out / "config.yaml"))
+        diff = config_differences(saved, self.config)
+        if diff:
+            details = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(self.config, k)!r}" for k in diff)
+            raise ConfigError(f"cannot resume {self.out}: its config differs ({details})")
+        path = self.out / CHECKPOINT_NAME
+        return load_checkpoint(path) if path.exists() else None
+
+    def _init_dir(self) -> None:
+        """Create the run directory (clearing an old run with overwrite) and save the config."""
         self.out.mkdir(parents=True, exist_ok=True)
-        has_run = any((self.out / f).exists() for f in RUN_FILES)
         if self.overwrite:
             for f in RUN_FILES:
                 (self.out / f).unlink(missing_ok=True)
             shutil.rmtree(self.out / "tb", ignore_errors=True)
-        elif has_run and not self.resume:
-            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, "
-                              "--overwrite to start over, or another --out")
-        ckpt = None
-        if self.resume and (self.out / "config.yaml").exists():
-            saved = SearchConfig.from_dict(read_yaml(self.out / "config.yaml"))
-            diff = config_differences(saved, self.config)
-            if diff:
-                details = ", ".join(f"{k}: {getattr(saved, k)!r} -> {getattr(self.config, k)!r}"
-                                    for k in diff)
-                raise ConfigError(f"cannot resume {self.out}: its config differs ({details})")
-            if (self.out / CHECKPOINT_NAME).exists():
-                ckpt = load_checkpoint(self.out / CHECKPOINT_NAME)
         self.config.save(self.out / "config.yaml")
-        return ckpt
 
     def _setup(self) -> dict[str, Any] | None:
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        ckpt = self._prepare_dir()
+        ckpt = self._check_dir()
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.train = load_split(cfg, "train", cfg.limit_train, self.device)
@@ -239,7 +240,8 @@ class SearchRun:
                                            weight_decay=cfg.arch_weight_decay)
         self.method: Method = make_method(cfg.method, self.model, weights, arch, weight_opt, arch_opt,
                                           grad_clip=cfg.grad_clip, second_order=cfg.second_order)
-        self.n_batches = max(1, math.ceil(len(self.train) / cfg.batch_size))
+        # Only now that data and model exist: a typo in a name leaves no half-made run behind.
+        self._init_dir()
         return ckpt
 
     # -- data order --------------------------------------------------------------------------
