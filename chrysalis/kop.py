@@ -92,11 +92,22 @@ class AxisPlan:
         )
 
 
-def _apply(a: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Multiply the matrix `a` (p x q) along dimension `dim` of `x` (size q there -> p)."""
-    if dim == x.dim() - 1 or dim == -1:
-        return x @ a.transpose(0, 1)
-    return torch.matmul(a, x.movedim(dim, -2)).movedim(-2, dim)
+def _apply(a: torch.Tensor, t: torch.Tensor, axis: int) -> torch.Tensor:
+    """Multiply the matrix `a` (p x q) along `axis` of `t` (size q there -> p), without permuting.
+
+    `t` is (lead..., q, tail...): viewed as (lead, q, tail) this is one batched matmul, and a
+    single large GEMM when axis == 0. That is why K-ops keep data spatial-axes-first.
+    """
+    shape = t.shape
+    lead, tail = math.prod(shape[:axis]), math.prod(shape[axis + 1 :])
+    out = torch.matmul(a, t.reshape(lead, shape[axis], tail)) if lead > 1 else a @ t.reshape(shape[axis], tail)
+    return out.reshape(*shape[:axis], a.shape[0], *shape[axis + 1 :])
+
+
+def _pad_axis(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
+    """Zero-pad `t` at the end of `axis` to length n."""
+    pad = [0, 0] * (t.dim() - 1 - axis) + [0, n - t.shape[axis]]
+    return F.pad(t, pad)
 
 
 class KOp(nn.Module):
@@ -313,65 +324,87 @@ class KOp(nn.Module):
             return self.strategy == "dense"
         return max(p.n for p in self.plans) <= DENSE_MAX_N
 
+    # Layout: inside the op, data are (*spatial, B, C) and filters (*spatial, C/g, O): every
+    # per-axis transform is then one (batched) GEMM with no permute, and the frequencies come out
+    # first, ready for the per-frequency channel mixing as a single batched matmul.
     def _forward_kop(self, x: torch.Tensor) -> torch.Tensor:
-        dims = len(self.plans)
-        axes = range(2, 2 + dims)
         if self._use_dense():
-            y = x
-            for a, ax in enumerate(axes):  # (B, C, *size) -> (B, C, *n), complex
-                k_in = self.K_in[a].dense().index_select(1, getattr(self, f"_in_cols{a}"))
-                y = _apply(k_in, y.to(k_in.dtype), ax)
-            w = self.weight
-            for a, ax in enumerate(axes):  # (O, C/g, *taps) -> (O, C/g, *n)
-                l_mat = self.L[a].dense().index_select(1, getattr(self, f"_tap_cols{a}"))
-                w = _apply(l_mat, w.to(l_mat.dtype), ax)
-            z = self._mix(y, w)
-            for a, ax in enumerate(axes):  # (B, O, *n) -> (B, O, *out)
-                k_out = self.K_out[a].dense().index_select(0, getattr(self, f"_out_rows{a}"))
-                z = _apply(k_out, z, ax)
-            return z.real
-        # Butterfly strategy: zero-pad/scatter into length n, apply factor by factor, read rows.
-        y = F.pad(x, [q for p in reversed(self.plans) for q in (0, p.n - p.size)])
-        for a, ax in enumerate(axes):
-            y = self.K_in[a](y, dim=ax)
-        w = self._scatter_taps(self.weight)
-        for a, ax in enumerate(axes):
-            w = self.L[a](w, dim=ax)
-        z = self._mix(y, w)
-        for a, ax in enumerate(axes):
-            z = self.K_out[a](z, dim=ax).index_select(ax, getattr(self, f"_out_rows{a}"))
-        return z.real
+            return self._forward_dense(x)
+        d = len(self.plans)
+        cdtype = self.K_in[0].blocks().dtype
+        y = x.permute(*range(2, 2 + d), 0, 1).to(cdtype)  # (*size, B, C)
+        w = self.weight.permute(*range(2, 2 + d), 1, 0).to(cdtype)  # (*taps, C/g, O)
+        for a, p in enumerate(self.plans):  # zero-pad / place taps into length n, factor by factor
+            y = self.K_in[a](_pad_axis(y, a, p.n), dim=a)
+            w = self.L[a](self._scatter_taps(w, a), dim=a)
+        z = self._mix(y, w)  # (*n, B, O)
+        for a in range(d):
+            z = self.K_out[a](z, dim=a).index_select(a, getattr(self, f"_out_rows{a}"))
+        return z.real.permute(d, d + 1, *range(d))  # (B, O, *out)
+
+    def _forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """K-matrices materialised and sliced to the columns/rows that matter, applied as GEMMs."""
+        d = len(self.plans)
+        k_in = [self.K_in[a].dense().index_select(1, getattr(self, f"_in_cols{a}")) for a in range(d)]
+        k_l = [self.L[a].dense().index_select(1, getattr(self, f"_tap_cols{a}")) for a in range(d)]
+        k_out = [self.K_out[a].dense().index_select(0, getattr(self, f"_out_rows{a}")) for a in range(d)]
+        # The input is real: the first transform is one real GEMM with [Re; Im] stacked (half the
+        # flops of a complex one), interleaved into a complex tensor afterwards.
+        y = x.permute(*range(2, 2 + d), 0, 1)  # (*size, B, C), real
+        n0 = k_in[0].shape[0]
+        y = _apply(torch.cat([k_in[0].real, k_in[0].imag]), y.to(k_in[0].real.dtype), 0)
+        y = torch.complex(y[:n0], y[n0:])
+        for a in range(1, d):
+            y = _apply(k_in[a], y, a)  # (*n, B, C)
+        w = self.weight.permute(*range(2, 2 + d), 1, 0).to(k_l[0].dtype)  # (*taps, C/g, O)
+        for a in range(d):
+            w = _apply(k_l[a], w, a)  # (*n, C/g, O)
+        z = self._mix(y, w)  # (*n, B, O)
+        for a in range(d - 1, 0, -1):
+            z = _apply(k_out[a], z, a)
+        # Only the real part is read: Re(K z) = [Re K, -Im K] . [Re z; Im z], one real GEMM.
+        zr = torch.view_as_real(z)  # (n0, *out, B, O, 2)
+        zr = zr.movedim(-1, 1).reshape(2 * z.shape[0], -1)  # (n0 * 2, rest), rows (j, re/im)
+        out = torch.view_as_real(k_out[0].conj().resolve_conj()).reshape(k_out[0].shape[0], -1) @ zr
+        out = out.reshape(k_out[0].shape[0], *z.shape[1:])  # (*out, B, O)
+        return out.permute(d, d + 1, *range(d))  # (B, O, *out)
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact FFT convolution: real FFTs of the zero-padded input and the placed filter."""
-        dims = len(self.plans)
-        axes = tuple(range(2, 2 + dims))
+        """Exact FFT convolution: real FFTs of the zero-padded input and of the placed filter."""
+        d = len(self.plans)
         ns = [p.n for p in self.plans]
-        y = torch.fft.rfftn(x, s=ns, dim=axes)
-        w = torch.fft.rfftn(self._scatter_taps(self.weight), dim=axes)
-        z = torch.fft.irfftn(self._mix(y, w), s=ns, dim=axes)
-        for a, ax in enumerate(axes):
-            z = z.index_select(ax, getattr(self, f"_out_rows{a}"))
+        spatial = tuple(range(2, 2 + d))
+        # FFTs along the last (contiguous) axes, then frequencies first for the batched mixing.
+        y = torch.fft.rfftn(x, s=ns, dim=spatial).permute(*spatial, 0, 1)  # (*freq, B, C)
+        w = self.weight.permute(*spatial, 1, 0)
+        for a in range(d):
+            w = self._scatter_taps(w, a)
+        w = torch.fft.rfftn(w, dim=tuple(range(d)))  # (*freq, C/g, O)
+        z = self._mix(y.contiguous(), w).permute(d, d + 1, *range(d))  # (B, O, *freq)
+        z = torch.fft.irfftn(z, s=ns, dim=spatial)
+        for a in range(d):
+            z = z.index_select(2 + a, getattr(self, f"_out_rows{a}"))
         return z
 
-    def _scatter_taps(self, w: torch.Tensor) -> torch.Tensor:
-        """Place the filter taps at their (flipped, rolled) positions of a length-n filter."""
-        for a, p in enumerate(self.plans):
-            ax = 2 + a
-            shape = list(w.shape)
-            shape[ax] = p.n
-            idx = getattr(self, f"_tap_cols{a}").view([-1 if d == ax else 1 for d in range(w.dim())])
-            w = w.new_zeros(shape).scatter(ax, idx.expand_as(w), w)
-        return w
+    def _scatter_taps(self, w: torch.Tensor, axis: int) -> torch.Tensor:
+        """Place the filter taps along `axis` at their (flipped, rolled) positions in length n."""
+        shape = list(w.shape)
+        shape[axis] = self.plans[axis].n
+        return w.new_zeros(shape).index_copy(axis, getattr(self, f"_tap_cols{axis}"), w)
 
     def _mix(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Per-frequency channel mixing: (B, C, *f) x (O, C/g, *f) -> (B, O, *f)."""
-        b, c, *freq = y.shape
+        """Per-frequency channel mixing: (*f, B, C) x (*f, C/g, O) -> (*f, B, O)."""
+        *freq, b, c = y.shape
+        cg, o = w.shape[-2:]
         g = self.groups
-        o = w.shape[0]
-        yg = y.reshape(b, g, c // g, -1)
-        wg = w.reshape(g, o // g, c // g, -1)
-        return torch.einsum("bgcf,gocf->bgof", yg, wg).reshape(b, o, *freq)
+        nf = math.prod(freq)
+        if g == 1:
+            return torch.bmm(y.reshape(nf, b, c), w.reshape(nf, c, o)).reshape(*freq, b, o)
+        wg = w.reshape(nf, cg, g, o // g)
+        if cg == 1:  # depthwise: an elementwise product per frequency, channel and multiplier
+            return (y.reshape(nf, b, g, 1) * wg).reshape(*freq, b, o)
+        yg = y.reshape(nf, b, g, cg).transpose(1, 2)  # (f, g, B, C/g)
+        return torch.matmul(yg, wg.permute(0, 2, 1, 3)).transpose(1, 2).reshape(*freq, b, o)
 
     # -- introspection ---------------------------------------------------------------------------
     def kmatrices(self) -> dict[str, nn.ModuleList]:
