@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -112,14 +111,14 @@ def test_projection_commutes_with_rotation_up_to_interpolation():
     assert (direct - wrong).abs().max().item() > 0.5
 
 
-def test_projection_speed_5000_images():
-    x = torch.rand(5000, 1, H, H)
-    rotations = sphere.random_rotations(5000, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
+def test_projection_of_a_batch_is_the_projection_of_each_image():
+    """Chunked, vectorised projection (speed is measured in docs/DATA.md, not asserted here)."""
+    x = torch.rand(300, 1, H, H)
+    rotations = sphere.random_rotations(300, generator=torch.Generator().manual_seed(0))
     out = sphere.project(x, 60, rotations)
-    elapsed = time.perf_counter() - start
-    assert out.shape == (5000, 1, 60, 60)
-    assert elapsed < 15.0, f"projecting 5,000 rotated images took {elapsed:.1f} s"  # ~1 s on 2 cores
+    assert out.shape == (300, 1, 60, 60)
+    for i in (0, 137, 299):
+        assert torch.allclose(out[i : i + 1], sphere.project(x[i : i + 1], 60, rotations[i : i + 1]), atol=1e-4)
 
 
 @pytest.mark.parametrize("rotation", ["NR/NR", "NR/R", "R/R"])
