@@ -1,1 +1,1 @@
-"""Subcommands that plug into `chrysalis` (see chrysalis.cli.PLUGIN_COMMANDS): each module defines `register(app)`."""
+"""CLI subcommands that plug into `chrysalis.cli`: each module defines `register(app: typer.Typer)`."""
