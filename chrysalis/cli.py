@@ -219,12 +219,15 @@ def demo(
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
+    """A rich table in a terminal; markdown (never truncated, easy to paste) in logs and pipes."""
+    from .search.demo import format_table
+
     try:
         from rich.console import Console
         from rich.table import Table
-    except ImportError:  # rich is optional: plain markdown then
-        from .search.demo import format_table
-
+    except ImportError:
+        Console = None
+    if Console is None or not sys.stdout.isatty():
         typer.echo(format_table(rows))
         return
     table = Table(title="chrysalis demo: LeNet on MNIST (5k) and row/column-permuted MNIST")

@@ -88,12 +88,16 @@ def test_debug_shows_the_exception():
         cli.main(["--debug", "search", "--method", "darts"])
 
 
-def test_python_dash_m_entry_point():
-    ok = subprocess.run([sys.executable, "-m", "chrysalis", "--help"], capture_output=True, text=True)
-    assert ok.returncode == 0 and "search" in ok.stdout and "demo" in ok.stdout
+def test_help_lists_the_commands():
+    out = invoke("--help").output
+    assert all(name in out for name in ("search", "retrain", "eval", "demo"))
+
+
+def test_python_dash_m_entry_point_and_one_line_error():
     bad = subprocess.run([sys.executable, "-m", "chrysalis", "search", "--method", "nope"], capture_output=True,
                          text=True)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "method" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
