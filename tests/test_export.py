@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from chrysalis.analysis.export import ExportError, export_run, load_arch, load_exported, read_manifest
@@ -29,7 +30,7 @@ def runs(tmp_path_factory):
 
 def searched_model(run_dir):
     """The searched model as the search package rebuilds it (independent of chrysalis.analysis)."""
-    cfg = SearchConfig.from_dict(__import__("yaml").safe_load((run_dir / "config.yaml").read_text()))
+    cfg = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     test = load_split(cfg, "test", 64)
     model = build_model(cfg, test.info)
     model.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"])

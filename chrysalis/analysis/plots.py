@@ -277,7 +277,7 @@ def plot_kmatrices(name: str, op: KOp, path: Path) -> Path:
                 im = ax.imshow(mag.numpy(), cmap="viridis", vmin=0, interpolation="nearest")
                 searched = "searched" if kind in op.search else "frozen"
                 ax.set_title(f"|{kind}| {names[a]} (n={km.n}, {searched})\n"
-                             f"||{kind} - {'F^-1' if kind == 'K_out' else 'F'}|| / ||F..|| = {dist:.3f}", fontsize=8)
+                             f"rel. distance from {'F^-1' if kind == 'K_out' else 'F'}: {dist:.3f}", fontsize=8)
                 ax.set_xlabel("column", fontsize=7)
                 ax.set_ylabel("row", fontsize=7)
                 ax.tick_params(labelsize=6)
