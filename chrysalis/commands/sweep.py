@@ -5,9 +5,8 @@ See chrysalis.sweep (the library) and docs/SCALING.md (the sweep file schema, la
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -55,23 +54,17 @@ def sweep(
 
 
 def _print_report(out: str) -> None:
-    """The aggregated table, if the `report` module exists; otherwise how to get it."""
+    """The aggregated mean ± std table (`chrysalis report OUT`), and how to get it again."""
     try:
-        report = importlib.import_module("chrysalis.analysis.report")
-    except ImportError:
+        from ..analysis.report import report
+    except ImportError:  # the report module is not there: just say how to aggregate
         report = None
-    fn: Any = None
-    for name in ("format_report", "report_text", "render_report"):
-        fn = getattr(report, name, None) if report is not None else None
-        if fn is not None:
-            break
-    if fn is not None:
+    if report is not None:
         try:
-            typer.echo(fn(out))
-            return
-        except Exception as e:  # noqa: BLE001 - the table is a courtesy; the sweep itself succeeded
-            typer.echo(f"(could not aggregate: {e})")
-    typer.echo(f"aggregate: chrysalis report {out}")
+            typer.echo(report([out]), nl=False)
+        except Exception as e:  # noqa: BLE001 - the table is a courtesy; the sweep itself is done
+            typer.echo(f"(no table: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})")
+    typer.echo(f"aggregate again: chrysalis report {out} [--out report.md] [--csv report.csv]")
 
 
 def register(app: typer.Typer) -> None:
