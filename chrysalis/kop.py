@@ -93,15 +93,43 @@ class AxisPlan:
 
 
 def _apply(a: torch.Tensor, t: torch.Tensor, axis: int) -> torch.Tensor:
-    """Multiply the matrix `a` (p x q) along `axis` of `t` (size q there -> p), without permuting.
+    """Multiply the matrix `a` (p x q) along `axis` of `t` (size q there -> p), without permuting."""
+    return _gemm(a, t, axis, axis + 1, (a.shape[0],))
 
-    `t` is (lead..., q, tail...): viewed as (lead, q, tail) this is one batched matmul, and a
-    single large GEMM when axis == 0. That is why K-ops keep data spatial-axes-first.
+
+def _gemm(m: torch.Tensor, t: torch.Tensor, start: int, stop: int, mid: tuple[int, ...]) -> torch.Tensor:
+    """Contract the dims start..stop-1 of `t` (flattened, row-major) with the columns of `m`.
+
+    `t` viewed as (lead, q, tail) gives one batched matmul, a single large GEMM when lead == 1
+    (that is why K-ops keep the data spatial-axes-first); the result's contracted dims are
+    replaced by `mid` (whose product is m.shape[0]). Only views: no permute, no copy.
     """
     shape = t.shape
-    lead, tail = math.prod(shape[:axis]), math.prod(shape[axis + 1 :])
-    out = torch.matmul(a, t.reshape(lead, shape[axis], tail)) if lead > 1 else a @ t.reshape(shape[axis], tail)
-    return out.reshape(*shape[:axis], a.shape[0], *shape[axis + 1 :])
+    lead, q, tail = math.prod(shape[:start]), math.prod(shape[start:stop]), math.prod(shape[stop:])
+    if lead == 1:
+        out = m @ t.reshape(q, tail)
+    else:
+        out = torch.bmm(m.expand(lead, *m.shape), t.reshape(lead, q, tail))  # not matmul: it copies
+    return out.reshape(*shape[:start], *mid, *shape[stop:])
+
+
+def _realify(a: torch.Tensor, re_in: str | None, re_out: str | None) -> torch.Tensor:
+    """The complex p x q matrix `a` as a real matrix acting on re/im-stacked vectors.
+
+    re_in / re_out: where the re/im index sits in the column / row index: "first" ((re/im, k)),
+    "last" ((k, re/im)) or None (columns: the input is real; rows: keep only the real part).
+    Block form [[Re a, -Im a], [Im a, Re a]]: (2p or p) x (2q or q).
+    """
+    ar, ai = a.real, a.imag
+    t = torch.stack([torch.stack([ar, -ai]), torch.stack([ai, ar])])  # (r_out, r_in, p, q)
+    if re_in is None:
+        t = t[:, :1]
+    if re_out is None:
+        t = t[:1]
+    rows = (0, 2) if re_out != "last" else (2, 0)
+    cols = (1, 3) if re_in != "last" else (3, 1)
+    p, q = a.shape
+    return t.permute(*rows, *cols).reshape(t.shape[0] * p, t.shape[1] * q)
 
 
 def _pad_axis(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
@@ -343,48 +371,103 @@ class KOp(nn.Module):
         return z.real.permute(d, d + 1, *range(d))  # (B, O, *out)
 
     def _forward_dense(self, x: torch.Tensor) -> torch.Tensor:
-        """K-matrices materialised and sliced to the columns/rows that matter, applied as GEMMs."""
+        """K-matrices materialised, sliced to the columns/rows that matter, applied as real GEMMs.
+
+        No complex tensor is ever formed for the data. A complex tensor is carried as a real one
+        whose re/im axis (size 2) sits right next to the spatial axis being transformed, so that
+        (axis, re/im) is one contiguous index and a complex p x q matrix becomes one real
+        2p x 2q matrix ([[Re, -Im], [Im, Re]], rows/columns ordered to match): every transform
+        is a single (batched) real GEMM on a view, with no permute, no interleave and no
+        conjugate copies in backward. Layout: data (*spatial, [2,] C, B), filters
+        (*spatial, [2,] O, C/g); the real input needs only [Re; Im] rows (half a complex GEMM)
+        and only the real part of the output is computed (half again).
+        """
+        d = len(self.plans)
+        mats = self._dense_mats()
+        k_in, k_l, k_out = mats[:d], mats[d : 2 * d], mats[2 * d :]
+        rdt = k_in[0].real.dtype
+        y = x.permute(*range(2, 2 + d), 1, 0).to(rdt)  # (*size, C, B), real: one copy of the input
+        w = self.weight.permute(*range(2, 2 + d), 0, 1).to(rdt)  # (*taps, O, C/g)
+        for a in range(d):  # axis a (after a re/im axis if a > 0) -> (n_a, re/im)
+            rin = "first" if a else None
+            y = _gemm(_realify(k_in[a], rin, "last"), y, a, a + 1 + bool(a), (k_in[a].shape[0], 2))
+            w = _gemm(_realify(k_l[a], rin, "last"), w, a, a + 1 + bool(a), (k_l[a].shape[0], 2))
+        z = self._mix_real(y, w)  # (*n, 2, O, B)
+        for a in range(d - 1, -1, -1):  # (n_a, re/im) -> (re/im, out_a); the last keeps Re only
+            p = k_out[a].shape[0]
+            rout, mid = ("first", (2, p)) if a else (None, (p,))
+            z = _gemm(_realify(k_out[a], "last", rout), z, a, a + 2, mid)
+        return z.permute(d + 1, d, *range(d))  # (*out, O, B) -> (B, O, *out)
+
+    def _mix_real(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Per-frequency complex channel mixing on real re/im layouts.
+
+        y (*n, 2, C, B), w (*n, 2, O, C/g) -> (*n, 2, O, B): out = W y per frequency, as one real
+        batched GEMM with the 2O x 2C block matrix [[Wr, -Wi], [Wi, Wr]].
+        """
+        freq = y.shape[:-3]
+        c, b = y.shape[-2:]
+        o, cg = w.shape[-2:]
+        g = self.groups
+        nf = math.prod(freq)
+        w = w.reshape(nf, 2, g, o // g, cg)
+        wr, wi = w[:, 0], w[:, 1]  # (F, g, O/g, C/g)
+        wblk = torch.cat([torch.cat([wr, -wi], -1), torch.cat([wi, wr], -1)], -2)  # (F, g, 2O/g, 2C/g)
+        if g == 1:
+            out = torch.bmm(wblk.reshape(nf, 2 * o, 2 * c), y.reshape(nf, 2 * c, b))
+            return out.reshape(*freq, 2, o, b)
+        yg = y.reshape(nf, 2, g, cg, b).transpose(1, 2).reshape(nf, g, 2 * cg, b)
+        out = torch.matmul(wblk, yg)  # (F, g, 2*O/g, B), rows (re/im, O/g)
+        return out.reshape(nf, g, 2, o // g, b).transpose(1, 2).reshape(*freq, 2, o, b)
+
+    def _dense_mats(self) -> list[torch.Tensor]:
+        """[K_in per axis (n x size), L per axis (n x taps), K_out per axis (out x n)], complex."""
         d = len(self.plans)
         k_in = [self.K_in[a].dense().index_select(1, getattr(self, f"_in_cols{a}")) for a in range(d)]
         k_l = [self.L[a].dense().index_select(1, getattr(self, f"_tap_cols{a}")) for a in range(d)]
         k_out = [self.K_out[a].dense().index_select(0, getattr(self, f"_out_rows{a}")) for a in range(d)]
-        # The input is real: the first transform is one real GEMM with [Re; Im] stacked (half the
-        # flops of a complex one), interleaved into a complex tensor afterwards.
-        y = x.permute(*range(2, 2 + d), 0, 1)  # (*size, B, C), real
-        n0 = k_in[0].shape[0]
-        y = _apply(torch.cat([k_in[0].real, k_in[0].imag]), y.to(k_in[0].real.dtype), 0)
-        y = torch.complex(y[:n0], y[n0:])
-        for a in range(1, d):
-            y = _apply(k_in[a], y, a)  # (*n, B, C)
-        w = self.weight.permute(*range(2, 2 + d), 1, 0).to(k_l[0].dtype)  # (*taps, C/g, O)
-        for a in range(d):
-            w = _apply(k_l[a], w, a)  # (*n, C/g, O)
-        z = self._mix(y, w)  # (*n, B, O)
-        for a in range(d - 1, 0, -1):
-            z = _apply(k_out[a], z, a)
-        # Only the real part is read: Re(K z) = [Re K, -Im K] . [Re z; Im z], one real GEMM.
-        zr = torch.view_as_real(z)  # (n0, *out, B, O, 2)
-        zr = zr.movedim(-1, 1).reshape(2 * z.shape[0], -1)  # (n0 * 2, rest), rows (j, re/im)
-        out = torch.view_as_real(k_out[0].conj().resolve_conj()).reshape(k_out[0].shape[0], -1) @ zr
-        out = out.reshape(k_out[0].shape[0], *z.shape[1:])  # (*out, B, O)
-        return out.permute(d, d + 1, *range(d))  # (B, O, *out)
+        return k_in + k_l + k_out
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact FFT convolution: real FFTs of the zero-padded input and of the placed filter."""
+        """Exact FFT convolution: real FFTs of the zero-padded input and of the placed filter.
+
+        The spectra are mixed per frequency as one real batched GEMM on an interleaved re/im
+        layout (complex bmm on CPU loops over the batch with a copy per matrix). The spectrum is
+        moved frequencies-first once, as (*freq, B, C, re/im): the cheapest transpose (8-byte
+        units), and a valid (B x 2C) matrix per frequency.
+        """
         d = len(self.plans)
         ns = [p.n for p in self.plans]
         spatial = tuple(range(2, 2 + d))
-        # FFTs along the last (contiguous) axes, then frequencies first for the batched mixing.
-        y = torch.fft.rfftn(x, s=ns, dim=spatial).permute(*spatial, 0, 1)  # (*freq, B, C)
-        w = self.weight.permute(*spatial, 1, 0)
+        yf = torch.fft.rfftn(x, s=ns, dim=spatial)  # (B, C, *freq) complex
+        y = torch.view_as_real(yf).permute(*range(2, 2 + d), 0, 1, 2 + d).contiguous()  # (*f, B, C, 2)
+        w = self.weight.permute(*spatial, 0, 1)  # (*taps, O, C/g)
         for a in range(d):
             w = self._scatter_taps(w, a)
-        w = torch.fft.rfftn(w, dim=tuple(range(d)))  # (*freq, C/g, O)
-        z = self._mix(y.contiguous(), w).permute(d, d + 1, *range(d))  # (B, O, *freq)
+        w = torch.view_as_real(torch.fft.rfftn(w, dim=tuple(range(d))))  # (*freq, O, C/g, 2)
+        z = self._mix_interleaved(y, w)  # (*freq, B, O, 2)
+        z = torch.view_as_complex(z.permute(d, d + 1, *range(d), d + 2).contiguous())  # (B, O, *freq)
         z = torch.fft.irfftn(z, s=ns, dim=spatial)
         for a in range(d):
             z = z.index_select(2 + a, getattr(self, f"_out_rows{a}"))
         return z
+
+    def _mix_interleaved(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Per-frequency complex mixing: y (*f, B, C, 2), w (*f, O, C/g, 2) -> (*f, B, O, 2)."""
+        freq = y.shape[:-3]
+        b, c = y.shape[-3:-1]
+        o, cg = w.shape[-3:-1]
+        g = self.groups
+        nf = math.prod(freq)
+        w = w.reshape(nf, g, o // g, cg, 2)
+        wr, wi = w[..., 0], w[..., 1]
+        t = torch.stack([torch.stack([wr, -wi]), torch.stack([wi, wr])])  # (r_out, r_in, F, g, O/g, C/g)
+        wt = t.permute(2, 3, 5, 1, 4, 0).reshape(nf, g, 2 * cg, 2 * (o // g))  # rows (c, r_in), cols (o, r_out)
+        if g == 1:
+            return torch.bmm(y.reshape(nf, b, 2 * c), wt[:, 0]).reshape(*freq, b, o, 2)
+        yg = y.reshape(nf, b, g, 2 * cg).transpose(1, 2)  # (F, g, B, 2C/g)
+        out = torch.matmul(yg, wt)  # (F, g, B, 2O/g)
+        return out.transpose(1, 2).reshape(*freq, b, o, 2)
 
     def _scatter_taps(self, w: torch.Tensor, axis: int) -> torch.Tensor:
         """Place the filter taps along `axis` at their (flipped, rolled) positions in length n."""
