@@ -20,7 +20,7 @@ OPS = ("conv", "kop", "fft")
 INITS = ("conv", "random")
 ARCH_OPTIMIZERS = ("adam", "sgd")
 # Keys that may differ between an interrupted run and its resumption.
-RESUMABLE_KEYS = ("epochs", "out", "quiet")
+RESUMABLE_KEYS = ("epochs", "out", "quiet", "threads", "device", "tensorboard")  # bookkeeping, not the result
 
 
 class ConfigError(ValueError):
