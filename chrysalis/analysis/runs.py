@@ -93,21 +93,15 @@ def read_checkpoint_state(run_dir: str | Path) -> tuple[dict[str, torch.Tensor],
 
 # --------------------------------------------------------------------------- the model
 def build_args(config: dict[str, Any]) -> dict[str, Any]:
-    """What `create_space` needs to rebuild a run's model, resolved from its config.
+    """What `create_space` needs to rebuild a run's model: the search engine's own `model_spec`.
 
-    Mirrors the search engine: K-op options are `init`, `depth` and `kop_options` for op "kop",
-    `kop_options` alone for op "fft", none for "conv"; the model is built right after seeding
-    with the run's seed (so `build_model(build_args(cfg), info)` is the model at step 0).
+    The model is built right after seeding with the run's seed, so
+    `build_model(build_args(cfg), info)` is the model at step 0.
     """
-    op = config.get("op", "kop")
-    kop_options: dict[str, Any] = {}
-    if op == "kop":
-        kop_options = {"init": config.get("init", "conv"), "depth": config.get("depth", 1),
-                       **(config.get("kop_options") or {})}
-    elif op == "fft":
-        kop_options = dict(config.get("kop_options") or {})
-    return {"space": config.get("space", "lenet"), "op": op, "space_options": dict(config.get("space_options") or {}),
-            "kop_options": kop_options, "seed": int(config.get("seed", 0))}
+    from ..search.config import SearchConfig
+    from ..search.engine import model_spec
+
+    return model_spec(SearchConfig.from_dict(config))
 
 
 def build_model(args: dict[str, Any], info: Any) -> nn.Module:

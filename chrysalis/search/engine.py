@@ -85,20 +85,30 @@ def load_split(config: SearchConfig, split: str, limit: int | None = None, devic
     return Split(inputs.to(device), targets.to(device), ds.info)
 
 
+def model_spec(config: SearchConfig) -> dict[str, Any]:
+    """What `create_space` needs to rebuild the run's model: space, op, space/K-op options, seed.
+
+    K-op options are `init`, `depth` and `kop_options` for op "kop", `kop_options` alone for
+    "fft", none for "conv". Export and plotting rebuild models from this too.
+    """
+    kop_options: dict[str, Any] = {}
+    if config.op == "kop":
+        kop_options = {"init": config.init, "depth": config.depth, **config.kop_options}
+    elif config.op == "fft":
+        kop_options = dict(config.kop_options)
+    return {"space": config.space, "op": config.op, "space_options": dict(config.space_options),
+            "kop_options": kop_options, "seed": config.seed}
+
+
 def build_model(config: SearchConfig, info: Any) -> nn.Module:
     """The backbone for `info` with the config's op, seeded by `config.seed`.
 
     Seeding right before building makes a conv model and its warm-started K-op twin (same seed)
     start from the same weights, so they compute the same function at step 0.
     """
-    torch.manual_seed(config.seed)
-    kop_options: dict[str, Any] = {}
-    if config.op == "kop":
-        kop_options = {"init": config.init, "depth": config.depth, **config.kop_options}
-    elif config.op == "fft":
-        kop_options = dict(config.kop_options)
-    return _create_space(config.space, info, config.op, space_options=dict(config.space_options),
-                         **kop_options)
+    spec = model_spec(config)
+    torch.manual_seed(spec["seed"])
+    return _create_space(spec["space"], info, spec["op"], space_options=spec["space_options"], **spec["kop_options"])
 
 
 def load_architecture(model: nn.Module, run_dir: str | Path) -> None:
