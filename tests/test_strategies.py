@@ -1,0 +1,54 @@
+"""Every compute strategy of a K-op is the same function (values and gradients)."""
+
+import pytest
+import torch
+from torch import nn
+
+from chrysalis.kop import KOp
+
+CASES = [
+    (nn.Conv1d, dict(in_channels=3, out_channels=4, kernel_size=3, padding=1), (2, 3, 12)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=5, kernel_size=5), (2, 3, 14, 14)),
+    (nn.Conv2d, dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, groups=2, stride=2), (2, 4, 9, 11)),
+    (nn.Conv2d, dict(in_channels=4, out_channels=8, kernel_size=3, groups=4, padding_mode="circular", padding=1),
+     (2, 4, 8, 8)),
+    (nn.Conv3d, dict(in_channels=2, out_channels=3, kernel_size=3, padding=1), (1, 2, 5, 6, 4)),
+]
+
+
+def _grads(op, x):
+    x = x.clone().requires_grad_(True)
+    y = op(x)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return [y.detach(), x.grad] + [p.grad.clone() for p in op.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("cls,kw,shape", CASES)
+def test_dense_butterfly_fft_equal_at_conv_init(cls, kw, shape):
+    torch.manual_seed(0)
+    conv = cls(**kw).double()
+    x = torch.randn(shape, dtype=torch.float64)
+    ref = conv(x)
+    for opts in (dict(strategy="dense"), dict(strategy="butterfly"), dict(fixed=True), dict(depth=3)):
+        op = KOp.from_conv(conv, shape[2:], **opts)
+        torch.testing.assert_close(op(x), ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("cls,kw,shape", CASES)
+def test_dense_equals_butterfly_at_random_init(cls, kw, shape, depth):
+    g = torch.Generator().manual_seed(1)
+    kw = {k: v for k, v in kw.items()}
+    size = shape[2:]
+    ops = {}
+    for strategy in ("dense", "butterfly"):
+        g.manual_seed(1)
+        ops[strategy] = KOp(
+            kw.pop("in_channels", None) or shape[1], kw["out_channels"], kw["kernel_size"], size,
+            **{k: v for k, v in kw.items() if k not in ("out_channels", "kernel_size")},
+            init="random", depth=depth, strategy=strategy, generator=g, dtype=torch.float64,
+        )
+    ops["butterfly"].load_state_dict(ops["dense"].state_dict())
+    x = torch.randn(shape, dtype=torch.float64, generator=g)
+    for a, b in zip(_grads(ops["dense"], x), _grads(ops["butterfly"], x)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
