@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 INITS = ("fft", "ifft", "identity", "random")
+DENSE_APPLY_MAX_N = 256  # forward() applies K as one GEMM up to this size (docs/PERFORMANCE.md)
 
 
 def bit_reversal_permutation(n: int) -> torch.Tensor:
@@ -130,7 +131,7 @@ class KMatrix(nn.Module):
                 blocks[0] = _fft_twiddles(n, inverse=(init == "ifft"))
         # Built in float64 and rounded once, so a float64 K-matrix is exact to float64 precision.
         real = torch.view_as_real(blocks).to(device=device, dtype=dtype or torch.get_default_dtype())
-        self.twiddle = nn.Parameter(real)
+        self.twiddle = nn.Parameter(real.contiguous())  # (QR's output is column-major)
 
     # -- structure ------------------------------------------------------------------------
     def strides(self) -> list[list[int]]:
@@ -144,23 +145,44 @@ class KMatrix(nn.Module):
 
     # -- application ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """Return K @ x along `dim`, factor by factor: O(depth * n log n) per vector."""
+        """Return K @ x along `dim`.
+
+        Factor by factor (O(depth * n log n) per vector) in general; for small n and at least n
+        vectors the matrix is materialised once (O(depth * n^2 log n)) and applied as one GEMM,
+        which is far faster in eager PyTorch (same values up to rounding; see docs/PERFORMANCE.md).
+        """
         if x.shape[dim] != self.n:
             raise ValueError(f"KMatrix of size {self.n} applied to a dimension of size {x.shape[dim]}")
         blocks = self.blocks()
         x = x.movedim(dim, -1).to(blocks.dtype)
-        lead = x.shape[:-1]
+        if self.n <= DENSE_APPLY_MAX_N and x.numel() >= self.n * self.n:
+            y = x @ self._transposed_dense(blocks)
+        else:
+            y = self._butterfly(x, blocks)
+        return y.movedim(-1, dim)
+
+    def _butterfly(self, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """K @ x along the last axis, factor by factor, as broadcast multiply-adds.
+
+        Factor with stride s: x viewed as (..., groups, 2 (in), s); out[.., g, i, s] =
+        t[g, s, i, 0] x[.., g, 0, s] + t[g, s, i, 1] x[.., g, 1, s] (no einsum: its bmm of 2x2
+        blocks needs permuted copies).
+        """
+        n, lead = self.n, x.shape[:-1]
         for b, strides in enumerate(self.strides()):
             for f, s in enumerate(strides):
-                t = blocks[b, f].reshape(self.n // (2 * s), s, 2, 2)  # (groups, s, out, in)
-                xv = x.reshape(*lead, self.n // (2 * s), 2, s)  # (..., groups, in, s)
-                x = torch.einsum("gsij,...gjs->...gis", t, xv).reshape(*lead, self.n)
-        return x.movedim(-1, dim)
+                t = blocks[b, f].reshape(n // (2 * s), s, 2, 2).permute(0, 3, 2, 1).contiguous()  # (g, in, out, s)
+                xv = x.reshape(*lead, n // (2 * s), 2, 1, s)  # (..., g, in, 1, s)
+                x = (t[:, 0] * xv[..., 0, :, :] + t[:, 1] * xv[..., 1, :, :]).reshape(*lead, n)
+        return x
+
+    def _transposed_dense(self, blocks: torch.Tensor) -> torch.Tensor:
+        """K^T: the butterfly applied to the rows of the identity (row i becomes K e_i)."""
+        return self._butterfly(torch.eye(self.n, dtype=blocks.dtype, device=blocks.device), blocks)
 
     def dense(self) -> torch.Tensor:
         """The n x n complex matrix (O(depth * n^2 log n)); differentiable in the twiddles."""
-        eye = torch.eye(self.n, dtype=self.blocks().dtype, device=self.twiddle.device)
-        return self.forward(eye, dim=0)
+        return self._transposed_dense(self.blocks()).t()
 
     def extra_repr(self) -> str:
         order = "increasing" if self.increasing else "decreasing"
