@@ -78,7 +78,10 @@ def _parse_sets(values: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise typer.BadParameter(f"--set takes key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise typer.BadParameter(f"--set {key.strip()}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return out
 
 
@@ -104,6 +107,8 @@ def search(
     limit_val: Annotated[int | None, typer.Option(help="Use only the first N validation examples.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | auto.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(
+        help="Also checkpoint every N steps (0: at each epoch end only); a crash loses at most N steps.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: --set key=value.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (several seeds: OUT/seed<N>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
@@ -122,7 +127,7 @@ def search(
     flags = dict(space=space, data=data, method=method, op=op, init=init, depth=depth, epochs=epochs, lr=lr,
                  arch_lr=arch_lr, batch_size=batch_size, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
                  second_order=second_order, limit_train=limit_train, limit_val=limit_val, device=device,
-                 threads=threads)
+                 threads=threads, checkpoint_every=checkpoint_every)
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(_parse_sets(set_))
     if quiet:

@@ -42,9 +42,11 @@ def _tuple(value, dims: int, name: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,) * dims
     try:
-        out = tuple(int(v) for v in value)
+        out = tuple(value)
     except TypeError:
         raise TypeError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}") from None
+    if isinstance(value, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+        raise TypeError(f"{name} must be an int or a sequence of {dims} ints, got {value!r}")
     if len(out) != dims:
         raise ValueError(f"{name} must have {dims} entries (one per spatial axis), got {value!r}")
     return out
@@ -188,15 +190,26 @@ class KOp(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(input_size, str) or not isinstance(input_size, int | Sequence):
+            raise TypeError(f"input_size must be an int or a sequence of ints, got {input_size!r}")
         input_size = (input_size,) if isinstance(input_size, int) else tuple(input_size)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in input_size):
+            raise TypeError(f"input_size must be an int or a sequence of ints, got {input_size!r}")
         dims = len(input_size)
         if dims not in (1, 2, 3):
             raise ValueError(f"input_size must have 1, 2 or 3 entries (spatial axes), got {input_size!r}")
         if any(s < 1 for s in input_size):
             raise ValueError(f"input_size must be positive, got {input_size!r}")
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        for name, v in (("bias", bias), ("fixed", fixed)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be True or False, got {v!r}")
+        if isinstance(search, str):
+            raise TypeError(f"search must be a sequence of K-matrix names such as ({search!r},), not a string")
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
@@ -319,6 +332,8 @@ class KOp(nn.Module):
 
     # -- the operation ------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.is_floating_point() or x.is_complex()):
+            raise TypeError(f"KOp expects a floating-point input, got dtype {x.dtype}")
         dims = len(self.input_size)
         if x.dim() == dims + 1:  # unbatched, as nn.ConvNd accepts
             return self._check_input(x.unsqueeze(0))
@@ -337,6 +352,8 @@ class KOp(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"KOp expects a torch.Tensor, got {type(x).__name__}")
         unbatched = x.dim() == len(self.input_size) + 1
         x = self._check_input(x)
         if self._explicit_pad:

@@ -14,6 +14,10 @@ import torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt, truncated, or holds more than tensors and plain data."""
+
+
 def rng_state() -> dict[str, Any]:
     """The torch, CUDA, numpy and python RNG states, as tensors/ints/lists only."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -58,6 +62,9 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # Partial temporary files of a process killed mid-write (one writer per path): never read.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     try:  # make the rename itself durable; not every platform lets us open a directory
         dir_fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
@@ -77,4 +84,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch's advice (weights_only=False) would run the file's code: not given
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        reason = next((ln for ln in lines if not ln.startswith(skip)), type(e).__name__)
+        raise CheckpointError(f"refused to load {path}: not a valid chrysalis checkpoint ({reason[:200]})") from None

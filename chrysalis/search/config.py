@@ -7,6 +7,8 @@ error that lists the valid ones, so a typo in a YAML file never silently does no
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ METHODS = ("fixed", "joint", "bilevel")
 OPS = ("conv", "kop", "fft")
 INITS = ("conv", "random")
 ARCH_OPTIMIZERS = ("adam", "sgd")
+ON_NONFINITE = ("stop", "rollback")
 # Keys that may differ between an interrupted run and its resumption.
 RESUMABLE_KEYS = ("epochs", "out", "quiet", "threads", "device", "tensorboard")  # bookkeeping, not the result
 
@@ -61,6 +64,10 @@ class SearchConfig:
     seed: int = 0
     # bookkeeping
     checkpoint_every: int = 0  # also checkpoint every N steps; 0 = at the end of each epoch only
+    # a non-finite loss or parameter: "stop" (the last good checkpoint is kept) or "rollback" to
+    # that checkpoint with both learning rates multiplied by rollback_lr_factor (at most 3 times)
+    on_nonfinite: str = "stop"
+    rollback_lr_factor: float = 0.1
     limit_train: int | None = None  # use only the first N training examples (smoke tests)
     limit_val: int | None = None
     eval_batch_size: int = 512
@@ -76,6 +83,13 @@ class SearchConfig:
         _choice("op", self.op, OPS)
         _choice("init", self.init, INITS)
         _choice("arch_optimizer", self.arch_optimizer, ARCH_OPTIMIZERS)
+        _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name} must be a finite number, got {v!r}")
+        if not 0 < self.rollback_lr_factor < 1:
+            raise ConfigError(f"rollback_lr_factor must be in (0, 1), got {self.rollback_lr_factor}")
         if self.method in ("joint", "bilevel") and self.op != "kop":
             raise ConfigError(
                 f"method {self.method!r} searches K-op architectures and needs op 'kop' "
@@ -112,9 +126,12 @@ class SearchConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
+        unknown = sorted(set(values) - set(names), key=str)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+            close = [c for k in unknown for c in difflib.get_close_matches(str(k), names, n=1, cutoff=0.6)]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown config key(s) {', '.join(map(str, unknown))}{hint}; "
+                              f"valid keys: {', '.join(names)}")
         hints = typing.get_type_hints(cls)
         return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()}).validate()
 
@@ -136,7 +153,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({what})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file ({e.reason})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
     return values
@@ -152,7 +174,9 @@ def config_differences(
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        close = difflib.get_close_matches(str(value), allowed, n=2, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}{hint}")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

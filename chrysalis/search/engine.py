@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import random
 import shutil
@@ -40,6 +41,11 @@ from .methods import Method, lr_factor, make_method
 
 RESULTS_SCHEMA = 1
 RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT_NAME, "results.json")
+MAX_ROLLBACKS = 3  # on_nonfinite: rollback gives up (and stops) after this many in one process
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a parameter became NaN/inf; the message names the step and the checkpoint kept."""
 
 
 # --------------------------------------------------------------------------- data and model
@@ -194,6 +200,11 @@ class SearchRun:
     # -- setup -----------------------------------------------------------------------------
     def _check_dir(self) -> dict[str, Any] | None:
         """Check the run directory (nothing written yet); return the checkpoint to resume from."""
+        existing = next(p for p in (self.out, *self.out.parents) if p.exists())  # first that exists
+        if not existing.is_dir():
+            raise ConfigError(f"cannot use {self.out} as a run directory: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write the run directory {self.out}: {existing} is not writable")
         has_run = any((self.out / f).exists() for f in RUN_FILES if f != "config.yaml")
         if has_run and not (self.resume or self.overwrite):
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it, "
@@ -210,7 +221,10 @@ class SearchRun:
 
     def _init_dir(self) -> None:
         """Create the run directory (clearing an old run with overwrite) and save the config."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run directory {self.out}: {e.strerror or e}") from None
         if self.overwrite:
             for f in RUN_FILES:
                 (self.out / f).unlink(missing_ok=True)
@@ -279,10 +293,10 @@ class SearchRun:
         cfg = self.config
         factor = lr_factor(epoch / cfg.epochs, cfg.lr_milestones, cfg.lr_gammas)
         for g in self.method.weight_opt.param_groups:
-            g["lr"] = cfg.lr * factor
+            g["lr"] = cfg.lr * factor * self.lr_scale
         if self.method.arch_opt is not None:
             for g in self.method.arch_opt.param_groups:
-                g["lr"] = cfg.arch_lr * factor
+                g["lr"] = cfg.arch_lr * factor * self.lr_scale
         self.method.set_arch_active(epoch >= cfg.warmup_epochs)
         return factor
 
@@ -305,6 +319,7 @@ class SearchRun:
             "running": dict(running),
             "epoch_seconds": epoch_seconds,
             "wall_seconds": self.wall_before + (time.perf_counter() - self.t0),
+            "lr_scale": self.lr_scale,
         }, self.out / CHECKPOINT_NAME)
 
     def _restore(self, ckpt: dict[str, Any]) -> tuple[int, int, dict[str, float], float]:
@@ -315,6 +330,7 @@ class SearchRun:
         set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
         self.wall_before = ckpt["wall_seconds"]
+        self.lr_scale = float(ckpt.get("lr_scale", 1.0))
         # Drop metric lines written after this checkpoint (a crash between the two writes).
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():
@@ -344,10 +360,13 @@ class SearchRun:
         ckpt = self._setup()
         self.t0 = time.perf_counter()
         self.step, self.wall_before = 0, 0.0
+        self.lr_scale, self.rollbacks = 1.0, 0
         start_epoch, start_batch, running, epoch_seconds = 0, 0, {}, 0.0
         if ckpt is not None:
             start_epoch, start_batch, running, epoch_seconds = self._restore(ckpt)
             self._log(f"resuming {self.out} at epoch {start_epoch + 1}, batch {start_batch}")
+        elif cfg.on_nonfinite == "rollback":  # something to roll back to before the first epoch ends
+            self._checkpoint(0, 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, 0.0)
         writer = self._writer(purge_step=start_epoch + 1 if ckpt is not None else None)
         self.model.train()
         try:
@@ -357,13 +376,46 @@ class SearchRun:
                 b0 = start_batch if epoch == start_epoch else 0
                 if b0 == 0:
                     running, epoch_seconds = {"loss": 0.0, "correct": 0.0, "count": 0.0}, 0.0
-                record = self._train_epoch(epoch, b0, running, epoch_seconds)
+                record = self._train_epoch_guarded(epoch, b0, running, epoch_seconds)
                 self._log_epoch(record, writer)
                 self._checkpoint(epoch + 1, 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, 0.0)
         finally:
             if writer is not None:
                 writer.close()
         return self._finish()
+
+    # -- non-finite loss or parameters --------------------------------------------------------
+    def _check_parameters(self, epoch: int, batch: int) -> None:
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                self._nonfinite(f"parameter {name}", epoch, batch)
+
+    def _nonfinite(self, what: str, epoch: int, batch: int) -> None:
+        path = self.out / CHECKPOINT_NAME
+        kept = (f"the last good checkpoint {path} (step {load_checkpoint(path)['step']}) is kept"
+                if path.exists() else "no checkpoint had been written yet")
+        raise NonFiniteError(f"non-finite {what} at step {self.step} (epoch {epoch + 1}, batch {batch + 1}); "
+                             f"stopped: {kept}; lower the learning rate, set grad_clip, or set "
+                             "on_nonfinite: rollback")
+
+    def _train_epoch_guarded(self, epoch: int, b0: int, running: dict[str, float], epoch_seconds: float) -> dict:
+        """`_train_epoch`; with on_nonfinite "rollback", a NaN/inf reloads the last good checkpoint
+        (always one of this epoch: one is written at the start and at every epoch end) and
+        retries with both learning rates multiplied by rollback_lr_factor."""
+        while True:
+            try:
+                return self._train_epoch(epoch, b0, running, epoch_seconds)
+            except NonFiniteError as e:
+                if self.config.on_nonfinite != "rollback" or self.rollbacks >= MAX_ROLLBACKS:
+                    raise
+                self.rollbacks += 1
+                scale = self.lr_scale * self.config.rollback_lr_factor
+                e0, b0, running, epoch_seconds = self._restore(load_checkpoint(self.out / CHECKPOINT_NAME))
+                if e0 != epoch:
+                    raise
+                self.lr_scale = scale
+                self._log(f"{str(e).split('; stopped')[0]}: rolled back to step {self.step}, "
+                          f"learning rates x{self.lr_scale:g}")
 
     def _train_epoch(self, epoch: int, b0: int, running: dict[str, float], epoch_seconds: float) -> dict:
         cfg = self.config
@@ -382,15 +434,21 @@ class SearchRun:
             x, y = self.train.inputs[idx], self.train.targets[idx]
             loss, logits = self.method.step((x, y), next_val)
             self.step += 1
+            if not math.isfinite(loss.item()):
+                self._nonfinite(f"training loss {loss.item()}", epoch, b)
             running["loss"] += loss.item() * len(y)
             running["correct"] += (logits.argmax(1) == y).sum().item()
             running["count"] += len(y)
             bar.update(1)
             bar.set_postfix(loss=f"{running['loss'] / running['count']:.3f}")
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and b + 1 < len(batches):
+                self._check_parameters(epoch, b)  # never save a non-finite state
                 self._checkpoint(epoch, b + 1, running, time.perf_counter() - t_start)
         bar.close()
+        self._check_parameters(epoch, len(batches) - 1)
         val_loss, val_acc = evaluate(self.model, self.val, cfg.eval_batch_size)
+        if not math.isfinite(val_loss):
+            self._nonfinite(f"validation loss {val_loss}", epoch, len(batches) - 1)
         arch_opt = self.method.arch_opt
         return {
             "epoch": epoch + 1,
@@ -399,8 +457,8 @@ class SearchRun:
             "train_acc": running["correct"] / max(running["count"], 1),
             "val_loss": val_loss,
             "val_acc": val_acc,
-            "lr": cfg.lr * factor,
-            "arch_lr": cfg.arch_lr * factor if arch_opt is not None else None,
+            "lr": cfg.lr * factor * self.lr_scale,
+            "arch_lr": cfg.arch_lr * factor * self.lr_scale if arch_opt is not None else None,
             "arch_active": self.method.arch_active,
             "seconds": time.perf_counter() - t_start,
             "conv_distance": {name: op.conv_distance() for name, op in kops(self.model)},
