@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 JOBS    ?= 2
 
-.PHONY: install demo test test-slow lint bench reproduce clean
+.PHONY: install demo test test-slow lint bench reproduce fashion-mnist clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,18 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/chrysalis bench --out benchmarks/results.json
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist).
+fashion-mnist:
+	@test -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz || \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+	  (echo "install the Debian package dataset-fashion-mnist (or pass a root with the idx files)" >&2; exit 1)
+
+# The paper's experiments on the real data available here (docs/RESULTS.md): one sweep per task
+# (configs/reproduce/*.yaml); finished trials are skipped, so an interrupted run just continues.
+reproduce: $(STAMP) fashion-mnist
+	for f in configs/reproduce/*.yaml; do $(BIN)/chrysalis sweep $$f || exit 1; done
+	$(BIN)/chrysalis report runs/reproduce --out runs/reproduce/report.md --csv runs/reproduce/report.csv
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
