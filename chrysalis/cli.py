@@ -107,6 +107,8 @@ def search(
     limit_val: Annotated[int | None, typer.Option(help="Use only the first N validation examples.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | auto.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads.")] = None,
+    dist_backend: Annotated[str | None, typer.Option(
+        help="Under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(
         help="Also checkpoint every N steps (0: at each epoch end only); a crash loses at most N steps.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config key: --set key=value.")] = None,
@@ -118,6 +120,7 @@ def search(
     """Search (or train) a backbone on a dataset; one run directory per seed."""
     from .search import SearchConfig, run_search
     from .search.config import read_yaml
+    from .search.distributed import distributed_session
 
     values: dict[str, Any] = {}
     if config is not None:
@@ -127,7 +130,7 @@ def search(
     flags = dict(space=space, data=data, method=method, op=op, init=init, depth=depth, epochs=epochs, lr=lr,
                  arch_lr=arch_lr, batch_size=batch_size, warmup_epochs=warmup_epochs, grad_clip=grad_clip,
                  second_order=second_order, limit_train=limit_train, limit_val=limit_val, device=device,
-                 threads=threads, checkpoint_every=checkpoint_every)
+                 threads=threads, checkpoint_every=checkpoint_every, dist_backend=dist_backend)
     values.update({k: v for k, v in flags.items() if v is not None})
     values.update(_parse_sets(set_))
     if quiet:
@@ -136,11 +139,15 @@ def search(
     base = SearchConfig.from_dict(values)
     root = out if out is not None else (Path(base.out) if base.out else None)
     results = []
-    for s in seeds:
-        # One seed: OUT itself; several: OUT/seed<N>; no OUT: runs/<space>-<data>-...-s<N>.
-        run_out = None if root is None else str(root if len(seeds) == 1 else root / f"seed{s}")
-        results.append(run_search(base.replace(seed=s, out=run_out), resume=resume, overwrite=overwrite))
-    _print_summary(results)
+    # Under torchrun (`torchrun --nproc-per-node N -m chrysalis search ...`) every process runs
+    # this: one process group for all seeds, each run data-parallel; rank 0 writes and prints.
+    with distributed_session(base.dist_backend, base.device) as ctx:
+        for s in seeds:
+            # One seed: OUT itself; several: OUT/seed<N>; no OUT: runs/<space>-<data>-...-s<N>.
+            run_out = None if root is None else str(root if len(seeds) == 1 else root / f"seed{s}")
+            results.append(run_search(base.replace(seed=s, out=run_out), resume=resume, overwrite=overwrite))
+        if ctx.is_main:
+            _print_summary(results)
 
 
 def _print_summary(results: list[dict[str, Any]]) -> None:

@@ -21,9 +21,11 @@ METHODS = ("fixed", "joint", "bilevel")
 OPS = ("conv", "kop", "fft")
 INITS = ("conv", "random")
 ARCH_OPTIMIZERS = ("adam", "sgd")
+DIST_BACKENDS = ("auto", "gloo", "nccl")  # torchrun: auto = nccl on CUDA, gloo on CPU
 ON_NONFINITE = ("stop", "rollback")
 # Keys that may differ between an interrupted run and its resumption.
-RESUMABLE_KEYS = ("epochs", "out", "quiet", "threads", "device", "tensorboard")  # bookkeeping, not the result
+# (bookkeeping, not the result)
+RESUMABLE_KEYS = ("epochs", "out", "quiet", "threads", "device", "tensorboard", "dist_backend")
 
 
 class ConfigError(ValueError):
@@ -74,6 +76,7 @@ class SearchConfig:
     out: str | None = None
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     threads: int | None = None
+    dist_backend: str = "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
     tensorboard: bool = True
     quiet: bool = False
 
@@ -83,6 +86,7 @@ class SearchConfig:
         _choice("op", self.op, OPS)
         _choice("init", self.init, INITS)
         _choice("arch_optimizer", self.arch_optimizer, ARCH_OPTIMIZERS)
+        _choice("dist_backend", self.dist_backend, DIST_BACKENDS)
         _choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

@@ -37,6 +37,15 @@ from tqdm.auto import tqdm
 from ..chrysalize import arch_parameters, kops, weight_parameters
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import ConfigError, SearchConfig, config_differences, read_yaml
+from .distributed import (
+    DistContext,
+    distributed_session,
+    evaluate_sharded,
+    shard_batches,
+    shard_indices,
+    sync_buffers,
+    wrap_model,
+)
 from .methods import Method, lr_factor, make_method
 
 RESULTS_SCHEMA = 1
@@ -196,6 +205,7 @@ class SearchRun:
         self.out = Path(config.out)
         self.resume, self.overwrite = resume, overwrite
         self._log_fn: Callable[[str], None] = print
+        self.dist = DistContext()  # a single process until `run` joins torchrun's process group
 
     # -- setup -----------------------------------------------------------------------------
     def _check_dir(self) -> dict[str, Any] | None:
@@ -236,7 +246,13 @@ class SearchRun:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        ckpt = self._check_dir()
+        if self.dist.enabled:
+            if cfg.batch_size % self.dist.world_size:
+                raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must be a multiple of "
+                                  f"the number of processes ({self.dist.world_size})")
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device("cuda", self.dist.local_rank)
+        ckpt = self._check_dir_on_main()
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.train = load_split(cfg, "train", cfg.limit_train, self.device)
@@ -244,6 +260,8 @@ class SearchRun:
         self.model = build_model(cfg, self.train.info).to(self.device)
         if cfg.arch_from:
             load_architecture(self.model, cfg.arch_from)
+        if self.dist.rank > 0:  # same initial model everywhere, but each rank its own dropout stream
+            torch.manual_seed(int(_generator(cfg.seed, 104_729, self.dist.rank).initial_seed()))
         arch_all = list(arch_parameters(self.model))
         searched = cfg.method != "fixed" and not cfg.arch_from
         # Parameters frozen by the space (KOp `search=`) stay frozen; `fixed` freezes them all.
@@ -262,19 +280,55 @@ class SearchRun:
             else:
                 arch_opt = torch.optim.SGD(arch, lr=cfg.arch_lr, momentum=cfg.momentum,
                                            weight_decay=cfg.arch_weight_decay)
-        self.method: Method = make_method(cfg.method, self.model, weights, arch, weight_opt, arch_opt,
-                                          grad_clip=cfg.grad_clip, second_order=cfg.second_order)
+        # Data-parallel: the DDP wrapper (weights and K-matrices) trains, `self.model` is saved.
+        self.train_module, grad_sync = wrap_model(self.model, self.dist, self.device)
+        self.method: Method = make_method(cfg.method, self.train_module, weights, arch, weight_opt, arch_opt,
+                                          grad_clip=cfg.grad_clip, second_order=cfg.second_order,
+                                          grad_sync=grad_sync)
         # Only now that data and model exist: a typo in a name leaves no half-made run behind.
-        self._init_dir()
+        if self.dist.is_main:
+            self._init_dir()
+        self.dist.barrier()
         return ckpt
+
+    def _check_dir_on_main(self) -> dict[str, Any] | None:
+        """`_check_dir` on rank 0; its checkpoint (or its error) is broadcast to every rank."""
+        if not self.dist.enabled:
+            return self._check_dir()
+        ckpt, error = None, None
+        if self.dist.is_main:
+            try:
+                ckpt = self._check_dir()
+            except ConfigError as e:
+                error = str(e)
+        ckpt, error = self.dist.broadcast((ckpt, error))
+        if error is not None:
+            raise ConfigError(error)
+        return ckpt
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """True when `flag` is true on some rank (a single process: `flag`)."""
+        return self.dist.sum([float(flag)])[0] > 0 if self.dist.enabled else flag
+
+    def _load_on_main(self) -> dict[str, Any]:
+        """The run's checkpoint, read by rank 0 and broadcast (other nodes need not see `out`)."""
+        if not self.dist.enabled:
+            return load_checkpoint(self.out / CHECKPOINT_NAME)
+        return self.dist.broadcast(load_checkpoint(self.out / CHECKPOINT_NAME) if self.dist.is_main else None)
+
+    def _evaluate(self, split: Split) -> tuple[float, float]:
+        """(loss, accuracy) on `split`; data-parallel: each rank a block, sums all-reduced."""
+        if not self.dist.enabled:
+            return evaluate(self.model, split, self.config.eval_batch_size)
+        sync_buffers(self.model, self.dist)
+        return evaluate_sharded(self.model, split.inputs, split.targets, self.dist, self.config.eval_batch_size)
 
     # -- data order --------------------------------------------------------------------------
     def _train_batches(self, epoch: int) -> list[torch.Tensor]:
         perm = torch.randperm(len(self.train), generator=_generator(self.config.seed, epoch))
-        batches = list(perm.split(self.config.batch_size))
-        if len(batches) > 1 and len(batches[-1]) == 1:  # a batch of one breaks BatchNorm
-            batches.pop()
-        return batches
+        # This rank's slice of every global batch (a single process: all of it; a last batch of
+        # one is dropped: it breaks BatchNorm).
+        return shard_batches(list(perm.split(self.config.batch_size)), self.dist.rank, self.dist.world_size)
 
     def _val_stream(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Validation batches for the bilevel architecture steps: the k-th is a function of (epoch, k)."""
@@ -284,7 +338,7 @@ class SearchRun:
         while True:
             cycle, j = divmod(k, per_cycle)
             perm = torch.randperm(n, generator=_generator(self.config.seed, epoch, 7, cycle))
-            idx = perm[j * bs:(j + 1) * bs].to(self.device)
+            idx = shard_indices(perm[j * bs:(j + 1) * bs], self.dist.rank, self.dist.world_size).to(self.device)
             k += 1
             yield self.val.inputs[idx], self.val.targets[idx]
 
@@ -303,7 +357,11 @@ class SearchRun:
     # -- checkpointing -------------------------------------------------------------------------
     def _checkpoint(self, epoch: int, batch: int, running: dict[str, float], epoch_seconds: float) -> None:
         m = self.method
-        save_atomic({
+        if self.dist.enabled:  # the global partial sums, rank 0's buffers, and every rank's RNG state
+            running = dict(zip(running, self.dist.sum(list(running.values()))))
+            sync_buffers(self.model, self.dist)
+            rng_ranks = self.dist.gather(rng_state())
+        state = {
             "format": 1,
             "config": self.config.to_dict(),
             "epoch": epoch,  # the epoch to continue (== epochs done when batch == 0)
@@ -320,34 +378,54 @@ class SearchRun:
             "epoch_seconds": epoch_seconds,
             "wall_seconds": self.wall_before + (time.perf_counter() - self.t0),
             "lr_scale": self.lr_scale,
-        }, self.out / CHECKPOINT_NAME)
+        }
+        if self.dist.enabled:
+            state["world_size"], state["rng_ranks"] = self.dist.world_size, rng_ranks
+        if self.dist.is_main:
+            save_atomic(state, self.out / CHECKPOINT_NAME)
+        self.dist.barrier()
 
     def _restore(self, ckpt: dict[str, Any]) -> tuple[int, int, dict[str, float], float]:
         self.model.load_state_dict(ckpt["model"])
         self.method.weight_opt.load_state_dict(ckpt["weight_opt"])
         if self.method.arch_opt is not None and ckpt["arch_opt"]:
             self.method.arch_opt.load_state_dict(ckpt["arch_opt"])
-        set_rng_state(ckpt["rng"])
+        self._restore_rng(ckpt)
         self.step = ckpt["step"]
         self.wall_before = ckpt["wall_seconds"]
         self.lr_scale = float(ckpt.get("lr_scale", 1.0))
         # Drop metric lines written after this checkpoint (a crash between the two writes).
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():
+        if self.dist.is_main and metrics.exists():
             lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
             keep = [ln for ln in lines if json.loads(ln)["epoch"] <= ckpt["epoch"]]
             metrics.write_text("".join(ln + "\n" for ln in keep))
-        return ckpt["epoch"], ckpt["batch"], dict(ckpt["running"]), ckpt["epoch_seconds"]
+        # Data-parallel: the saved sums are global; rank 0 carries them, the others restart at 0.
+        running = {k: v if self.dist.is_main else 0.0 for k, v in ckpt["running"].items()}
+        return ckpt["epoch"], ckpt["batch"], running, ckpt["epoch_seconds"]
+
+    def _restore_rng(self, ckpt: dict[str, Any]) -> None:
+        """Each rank's saved RNG state; with another number of processes than saved, rank 0's state
+        (and a fresh, rank-dependent seed for the others)."""
+        ranks = ckpt.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            set_rng_state(ranks[self.dist.rank])
+            return
+        set_rng_state(ckpt["rng"])
+        if self.dist.rank > 0:
+            torch.manual_seed(int(_generator(self.config.seed, 104_729, self.dist.rank, ckpt["step"]).initial_seed()))
 
     # -- logging -------------------------------------------------------------------------------
     def _log(self, msg: str) -> None:
+        if not self.dist.is_main:
+            return
         if self.config.quiet:
             print(msg, flush=True)
         else:
             tqdm.write(msg)
 
     def _writer(self, purge_step: int | None):
-        if not self.config.tensorboard:
+        if not self.config.tensorboard or not self.dist.is_main:
             return None
         from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
 
@@ -355,7 +433,19 @@ class SearchRun:
 
     # -- main loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train (or resume) to `config.epochs`, then evaluate on test and write results.json."""
+        """Train (or resume) to `config.epochs`, then evaluate on test and write results.json.
+
+        Under torchrun (`WORLD_SIZE` > 1) every process calls this: it joins the process group (or
+        uses one that is already initialised) and trains its shard; rank 0 writes the files.
+        """
+        with distributed_session(self.config.dist_backend, self.config.device) as ctx:
+            self.dist = ctx
+            try:
+                return self._run()
+            finally:
+                self.dist = DistContext()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         ckpt = self._setup()
         self.t0 = time.perf_counter()
@@ -371,7 +461,8 @@ class SearchRun:
         self.model.train()
         try:
             epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"{cfg.method}/{cfg.op}", unit="epoch",
-                          initial=start_epoch, total=cfg.epochs, disable=cfg.quiet, dynamic_ncols=True)
+                          initial=start_epoch, total=cfg.epochs, disable=cfg.quiet or not self.dist.is_main,
+                          dynamic_ncols=True)
             for epoch in epochs:
                 b0 = start_batch if epoch == start_epoch else 0
                 if b0 == 0:
@@ -410,7 +501,7 @@ class SearchRun:
                     raise
                 self.rollbacks += 1
                 scale = self.lr_scale * self.config.rollback_lr_factor
-                e0, b0, running, epoch_seconds = self._restore(load_checkpoint(self.out / CHECKPOINT_NAME))
+                e0, b0, running, epoch_seconds = self._restore(self._load_on_main())
                 if e0 != epoch:
                     raise
                 self.lr_scale = scale
@@ -428,13 +519,13 @@ class SearchRun:
             return next(val_stream)
 
         bar = tqdm(total=len(batches), initial=b0, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   leave=False, disable=cfg.quiet, dynamic_ncols=True)
+                   leave=False, disable=cfg.quiet or not self.dist.is_main, dynamic_ncols=True)
         for b in range(b0, len(batches)):
             idx = batches[b].to(self.device)
             x, y = self.train.inputs[idx], self.train.targets[idx]
             loss, logits = self.method.step((x, y), next_val)
             self.step += 1
-            if not math.isfinite(loss.item()):
+            if self._on_any_rank(not math.isfinite(loss.item())):  # data-parallel: every rank stops
                 self._nonfinite(f"training loss {loss.item()}", epoch, b)
             running["loss"] += loss.item() * len(y)
             running["correct"] += (logits.argmax(1) == y).sum().item()
@@ -446,7 +537,9 @@ class SearchRun:
                 self._checkpoint(epoch, b + 1, running, time.perf_counter() - t_start)
         bar.close()
         self._check_parameters(epoch, len(batches) - 1)
-        val_loss, val_acc = evaluate(self.model, self.val, cfg.eval_batch_size)
+        val_loss, val_acc = self._evaluate(self.val)
+        if self.dist.enabled:  # metrics over the global data: sums and counts of every rank
+            running = dict(zip(running, self.dist.sum(list(running.values()))))
         if not math.isfinite(val_loss):
             self._nonfinite(f"validation loss {val_loss}", epoch, len(batches) - 1)
         arch_opt = self.method.arch_opt
@@ -465,6 +558,8 @@ class SearchRun:
         }
 
     def _log_epoch(self, record: dict, writer) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         e = record["epoch"]
@@ -484,9 +579,10 @@ class SearchRun:
     def _finish(self) -> dict[str, Any]:
         """Evaluate the searched model as is on the test split (first read of it) and write results."""
         cfg = self.config
-        lines = [json.loads(ln) for ln in (self.out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        metrics = (self.out / "metrics.jsonl").read_text() if self.dist.is_main else ""
+        lines = [json.loads(ln) for ln in metrics.splitlines() if ln.strip()]
         test = load_split(cfg, "test", None, self.device)
-        test_loss, test_acc = evaluate(self.model, test, cfg.eval_batch_size)
+        test_loss, test_acc = self._evaluate(test)
         last = lines[-1] if lines else {}
         import chrysalis
 
@@ -513,9 +609,10 @@ class SearchRun:
         }
         if cfg.arch_from:
             results["retrain_of"] = cfg.arch_from
-        (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        if self.dist.is_main:
+            (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         self._log(f"[{self.out.name}] test_acc {test_acc:.4f} test_loss {test_loss:.4f} -> {self.out}")
-        return results
+        return self.dist.broadcast(results)  # rank 0's (the only one with metrics.jsonl) everywhere
 
 
 def run_search(config: SearchConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:

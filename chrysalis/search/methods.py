@@ -13,6 +13,7 @@ callable that yields validation batches.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,28 @@ def lr_factor(
     return factor
 
 
+class GradSync:
+    """How a pass's gradients are combined across data-parallel processes; this one: a single process.
+
+    Methods wrap each forward/backward pass in `backward_pass(params)` (the parameters the pass
+    updates); gradients computed with `torch.autograd.grad` go through `no_sync()` and `average`.
+    `chrysalis.search.distributed.DDPGradSync` is the multi-process version.
+    """
+
+    world_size = 1
+
+    def backward_pass(self, params: Sequence[nn.Parameter]) -> AbstractContextManager:
+        """Context for a forward+backward whose gradients of `params` must end up averaged over ranks."""
+        return nullcontext()
+
+    def no_sync(self) -> AbstractContextManager:
+        """Context for a forward pass whose gradients are taken (and averaged) by hand."""
+        return nullcontext()
+
+    def average(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Average `tensors` over ranks, in place."""
+
+
 class Method:
     """Base class: one optimisation step of a search method on a training batch.
 
@@ -48,6 +71,8 @@ class Method:
         arch_opt: optimizer over `arch` (None when there is nothing to search).
         grad_clip: max gradient norm, applied to the weights and to the architecture separately
             (they have their own optimizers and very different scales); 0 = off.
+        second_order: bilevel only: DARTS' unrolled architecture gradient.
+        grad_sync: how gradients are averaged over data-parallel processes (default: one process).
     """
 
     name = "base"
@@ -63,8 +88,10 @@ class Method:
         *,
         grad_clip: float = 0.0,
         second_order: bool = False,
+        grad_sync: GradSync | None = None,
     ) -> None:
         self.model, self.weights, self.arch = model, weights, arch
+        self.sync = grad_sync if grad_sync is not None else GradSync()
         self.weight_opt, self.arch_opt = weight_opt, arch_opt
         self.grad_clip, self.second_order = grad_clip, second_order
         self.arch_active = arch_opt is not None and bool(arch)
@@ -89,8 +116,9 @@ class Method:
     def weight_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """A weight step on a training batch; returns (loss, logits), detached."""
         self.weight_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(batch)
-        loss.backward()
+        with self.sync.backward_pass(self.weights):
+            loss, logits = self.loss(batch)
+            loss.backward()
         self._clip(self.weights)
         self.weight_opt.step()
         return loss.detach(), logits.detach()
@@ -122,8 +150,9 @@ class Joint(Method):
             return self.weight_step(batch)
         self.weight_opt.zero_grad(set_to_none=True)
         self.arch_opt.zero_grad(set_to_none=True)
-        loss, logits = self.loss(batch)
-        loss.backward()
+        with self.sync.backward_pass(self.weights + self.arch):
+            loss, logits = self.loss(batch)
+            loss.backward()
         self._clip(self.weights)
         self._clip(self.arch)
         self.weight_opt.step()
@@ -161,8 +190,9 @@ class Bilevel(Method):
             for p in self.weights:  # first order: d L_val / d arch at the current weights
                 p.requires_grad_(False)
             try:
-                loss, _ = self.loss(val_batch)
-                loss.backward()
+                with self.sync.backward_pass(self.arch):
+                    loss, _ = self.loss(val_batch)
+                    loss.backward()
             finally:
                 for p in self.weights:
                     p.requires_grad_(True)
@@ -180,9 +210,12 @@ class Bilevel(Method):
         backup = [w.detach().clone() for w in self.weights]
 
         def grads(batch: Batch, wrt: list[nn.Parameter]) -> list[torch.Tensor]:
-            loss, _ = self.loss(batch)
-            gs = torch.autograd.grad(loss, wrt, allow_unused=True)
-            return [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, gs)]
+            with self.sync.no_sync():
+                loss, _ = self.loss(batch)
+                gs = torch.autograd.grad(loss, wrt, allow_unused=True)
+            out = [torch.zeros_like(p) if g is None else g for p, g in zip(wrt, gs)]
+            self.sync.average(out)  # every rank takes the same virtual step and finite difference
+            return out
 
         try:
             g_train = grads(train_batch, self.weights)
