@@ -21,6 +21,7 @@ optimizers and DDP see ordinary real tensors, and weight decay can be switched o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -77,6 +78,47 @@ def _haar_unitary_2x2(shape: tuple[int, ...], generator: torch.Generator | None)
     q, r = torch.linalg.qr(torch.view_as_complex(z.contiguous()))
     d = torch.diagonal(r, dim1=-2, dim2=-1)
     return q * (d / d.abs()).unsqueeze(-2)
+
+
+def _apply_factors(x: torch.Tensor, blocks: torch.Tensor, strides: list[int], batched: bool = False) -> torch.Tensor:
+    """Apply butterfly factors along the last axis of x, as broadcast multiply-adds.
+
+    blocks: complex (F, n/2, 2, 2) (or (G, F, n/2, 2, 2) with `batched`, x then (G, ..., n)),
+    factor f with stride strides[f]. x viewed as (..., groups, 2 (in), s): out[.., g, i, s] =
+    t[g, s, i, 0] x[.., g, 0, s] + t[g, s, i, 1] x[.., g, 1, s] (no einsum: its bmm of 2x2
+    blocks needs permuted copies).
+    """
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    pre = (blocks.shape[0],) if batched else ()
+    mid = (1,) * (len(lead) - len(pre))  # broadcast the twiddles over x's vector axes
+    for f, s in enumerate(strides):
+        blk = blocks[:, f] if batched else blocks[f]
+        q = len(pre)
+        t = blk.reshape(*pre, n // (2 * s), s, 2, 2).permute(*range(q), q, q + 3, q + 2, q + 1).contiguous()
+        t = t.view(*pre, *mid, n // (2 * s), 2, 2, s)  # (..., g, in, out, s)
+        xv = x.reshape(*lead, n // (2 * s), 2, 1, s)  # (..., g, in, 1, s)
+        x = (t[..., 0, :, :] * xv[..., 0, :, :] + t[..., 1, :, :] * xv[..., 1, :, :]).reshape(*lead, n)
+    return x
+
+
+_BASIS_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _basis(n: int, idx: tuple[tuple[int, ...], ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Constant (G, r, n) stack of unit rows e_idx[g][k] (zero rows pad to r): built once."""
+    key = (n, idx, dtype, device)
+    b = _BASIS_CACHE.get(key)
+    if b is None:
+        r = max(len(i) for i in idx)
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable by autograd later
+            b = torch.zeros(len(idx), r, n, dtype=dtype, device=device)
+            for g, i in enumerate(idx):
+                b[g, torch.arange(len(i)), torch.tensor(i, dtype=torch.long)] = 1
+        if len(_BASIS_CACHE) > 256:
+            _BASIS_CACHE.clear()
+        _BASIS_CACHE[key] = b
+    return b
 
 
 class KMatrix(nn.Module):
@@ -162,19 +204,9 @@ class KMatrix(nn.Module):
         return y.movedim(-1, dim)
 
     def _butterfly(self, x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-        """K @ x along the last axis, factor by factor, as broadcast multiply-adds.
-
-        Factor with stride s: x viewed as (..., groups, 2 (in), s); out[.., g, i, s] =
-        t[g, s, i, 0] x[.., g, 0, s] + t[g, s, i, 1] x[.., g, 1, s] (no einsum: its bmm of 2x2
-        blocks needs permuted copies).
-        """
-        n, lead = self.n, x.shape[:-1]
-        for b, strides in enumerate(self.strides()):
-            for f, s in enumerate(strides):
-                t = blocks[b, f].reshape(n // (2 * s), s, 2, 2).permute(0, 3, 2, 1).contiguous()  # (g, in, out, s)
-                xv = x.reshape(*lead, n // (2 * s), 2, 1, s)  # (..., g, in, 1, s)
-                x = (t[:, 0] * xv[..., 0, :, :] + t[:, 1] * xv[..., 1, :, :]).reshape(*lead, n)
-        return x
+        """K @ x along the last axis, factor by factor (see `_apply_factors`)."""
+        strides = [s for st in self.strides() for s in st]
+        return _apply_factors(x, blocks.reshape(-1, *blocks.shape[2:]), strides)
 
     def _transposed_dense(self, blocks: torch.Tensor) -> torch.Tensor:
         """K^T: the butterfly applied to the rows of the identity (row i becomes K e_i)."""
@@ -183,6 +215,43 @@ class KMatrix(nn.Module):
     def dense(self) -> torch.Tensor:
         """The n x n complex matrix (O(depth * n^2 log n)); differentiable in the twiddles."""
         return self._transposed_dense(self.blocks()).t()
+
+    @staticmethod
+    def dense_many(kmats: Sequence[KMatrix], select: Sequence[tuple[str, torch.Tensor] | None] | None = None):
+        """Materialise several K-matrices together: fewer, larger kernels than one `dense()` each.
+
+        select[i]: None (the whole matrix K_i), ("cols", idx) -> K_i[:, idx] or ("rows", idx) ->
+        K_i[idx, :]. Returns a list of complex matrices, differentiable in the twiddles.
+
+        Row i of K^T is the butterfly applied to e_i, and row i of K is the *transposed* butterfly
+        (factors in reverse order, 2x2 blocks transposed) applied to e_i; a K-matrix's reversed
+        stride sequence is that of a K-matrix with the other first stride order, so K_in, L
+        (columns) and K_out (rows) of a K-op share one stride sequence and are materialised in one
+        batched pass, each on only the basis vectors it needs (padded to a common count).
+        """
+        select = [None] * len(kmats) if select is None else list(select)
+        jobs = []  # (index, key, flat blocks (F, n/2, 2, 2), strides, basis indices)
+        for i, (km, sel) in enumerate(zip(kmats, select)):
+            blocks = km.blocks()
+            flat = blocks.reshape(-1, *blocks.shape[2:])
+            strides = [s for st in km.strides() for s in st]
+            rows = sel is not None and sel[0] == "rows"
+            if rows:
+                flat, strides = flat.flip(0).transpose(-1, -2), strides[::-1]
+            idx = list(range(km.n)) if sel is None else [int(v) for v in sel[1]]
+            jobs.append((i, (km.n, tuple(strides), flat.dtype, flat.device), flat, strides, idx, rows))
+        out: list[torch.Tensor | None] = [None] * len(kmats)
+        groups: dict[tuple, list] = {}
+        for job in jobs:
+            groups.setdefault(job[1], []).append(job)
+        for (n, strides, dtype, device), grp in groups.items():
+            basis = _basis(n, tuple(tuple(j[4]) for j in grp), dtype, device)
+            blocks = torch.stack([j[2] for j in grp]) if len(grp) > 1 else grp[0][2].unsqueeze(0)
+            res = _apply_factors(basis, blocks, list(strides), batched=True)  # (G, r, n)
+            for g, (i, _, _, _, idx, rows) in enumerate(grp):
+                m = res[g, : len(idx)]
+                out[i] = m if rows else m.t()
+        return out
 
     def extra_repr(self) -> str:
         order = "increasing" if self.increasing else "decreasing"

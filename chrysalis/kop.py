@@ -36,6 +36,7 @@ PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 KMATRIX_NAMES = ("K_in", "L", "K_out")
 STRATEGIES = ("auto", "dense", "butterfly")
 DENSE_MAX_N = 256  # "auto" materialises K-matrices up to this size (see docs/PERFORMANCE.md)
+FIXED_GEMM_MAX_N = 64  # fixed=True: GEMM-DFT up to this transform size, torch.fft above
 
 
 def _tuple(value, dims: int, name: str) -> tuple[int, ...]:
@@ -359,7 +360,11 @@ class KOp(nn.Module):
         if self._explicit_pad:
             # F.pad takes (last axis left, right, previous axis left, right, ...).
             x = F.pad(x, [p for lr in reversed(self._pads) for p in lr], mode=self.padding_mode)
-        y = self._forward_fft(x) if self.fixed else self._forward_kop(x)
+        if self.fixed:
+            gemm = max(p.n for p in self.plans) <= FIXED_GEMM_MAX_N and not x.is_complex()
+            y = self._forward_dense(x, fixed=True) if gemm else self._forward_fft(x)
+        else:
+            y = self._forward_kop(x)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, *([1] * len(self.input_size)))
         return y.squeeze(0) if unbatched else y
@@ -387,7 +392,7 @@ class KOp(nn.Module):
             z = self.K_out[a](z, dim=a).index_select(a, getattr(self, f"_out_rows{a}"))
         return z.real.permute(d, d + 1, *range(d))  # (B, O, *out)
 
-    def _forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_dense(self, x: torch.Tensor, fixed: bool = False) -> torch.Tensor:
         """K-matrices materialised, sliced to the columns/rows that matter, applied as real GEMMs.
 
         No complex tensor is ever formed for the data. A complex tensor is carried as a real one
@@ -398,38 +403,77 @@ class KOp(nn.Module):
         conjugate copies in backward. Layout: data (*spatial, [2,] C, B), filters
         (*spatial, [2,] O, C/g); the real input needs only [Re; Im] rows (half a complex GEMM)
         and only the real part of the output is computed (half again).
+
+        fixed=True: the same machinery with the exact DFT as constant matrices (the GEMM-DFT
+        route of the fixed-FFT op), keeping only the n/2+1 non-redundant frequencies of the first
+        axis (the spectrum of a real signal is Hermitian), as rfft does.
         """
         d = len(self.plans)
-        mats = self._dense_mats()
-        k_in, k_l, k_out = mats[:d], mats[d : 2 * d], mats[2 * d :]
-        rdt = k_in[0].real.dtype
-        y = x.permute(*range(2, 2 + d), 1, 0).to(rdt)  # (*size, C, B), real: one copy of the input
-        w = self.weight.permute(*range(2, 2 + d), 0, 1).to(rdt)  # (*taps, O, C/g)
+        mats, wblk = self._dense_operands(fixed)
+        k_in, k_out = mats[:d], mats[2 * d :]
+        y = x.permute(*range(2, 2 + d), 1, 0).to(k_in[0].dtype)  # (*size, C, B), real: one copy
         for a in range(d):  # axis a (after a re/im axis if a > 0) -> (n_a, re/im)
-            rin = "first" if a else None
-            y = _gemm(_realify(k_in[a], rin, "last"), y, a, a + 1 + bool(a), (k_in[a].shape[0], 2))
-            w = _gemm(_realify(k_l[a], rin, "last"), w, a, a + 1 + bool(a), (k_l[a].shape[0], 2))
-        z = self._mix_real(y, w)  # (*n, 2, O, B)
+            y = _gemm(k_in[a], y, a, a + 1 + bool(a), (k_in[a].shape[0] // 2, 2))
+        z = self._mix_blocks(y, wblk)  # (*n, 2, O, B)
         for a in range(d - 1, -1, -1):  # (n_a, re/im) -> (re/im, out_a); the last keeps Re only
-            p = k_out[a].shape[0]
-            rout, mid = ("first", (2, p)) if a else (None, (p,))
-            z = _gemm(_realify(k_out[a], "last", rout), z, a, a + 2, mid)
+            mid = (2, k_out[a].shape[0] // 2) if a else (k_out[a].shape[0],)
+            z = _gemm(k_out[a], z, a, a + 2, mid)
         return z.permute(d + 1, d, *range(d))  # (*out, O, B) -> (B, O, *out)
 
-    def _mix_real(self, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Per-frequency complex channel mixing on real re/im layouts.
+    def _dense_operands(self, fixed: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The real transform matrices and the filter's block spectrum, cached in eval.
 
-        y (*n, 2, C, B), w (*n, 2, O, C/g) -> (*n, 2, O, B): out = W y per frequency, as one real
-        batched GEMM with the 2O x 2C block matrix [[Wr, -Wi], [Wi, Wr]].
+        With autograd off (evaluation, `torch.no_grad`), both are reused across calls while the
+        parameters they derive from are unchanged: the cache is keyed on each parameter's
+        identity, storage, in-place `_version` counter, dtype and device, so an optimizer step,
+        `load_state_dict` or `.to()` invalidates it.
         """
-        freq = y.shape[:-3]
-        c, b = y.shape[-2:]
+        params = [self.weight] if fixed else [self.weight] + [km.twiddle for km in self._all_kmatrices()]
+        cache = None if torch.is_grad_enabled() else self.__dict__.setdefault("_eval_cache", {})
+        key = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params) + (fixed,)
+        if cache is not None and cache.get("key") == key:
+            return cache["value"]
+        d = len(self.plans)
+        if fixed:
+            mats = self._fixed_real_mats(self.weight.dtype, self.weight.device)
+        else:
+            cm = self._dense_mats()
+            mats = [_realify(cm[a], "first" if a else None, "last") for a in range(d)]
+            mats += [_realify(cm[d + a], "first" if a else None, "last") for a in range(d)]
+            mats += [_realify(cm[2 * d + a], "last", "first" if a else None) for a in range(d)]
+        value = (mats, self._weight_blocks(mats[d : 2 * d]))
+        if cache is not None:
+            cache.clear()  # holds at most one entry: the current parameters
+            cache.update(key=key, value=value)
+        return value
+
+    def _all_kmatrices(self) -> list[KMatrix]:
+        return [*self.K_in, *self.L, *self.K_out]
+
+    def _weight_blocks(self, k_l: list[torch.Tensor]) -> torch.Tensor:
+        """The filter's spectrum as per-frequency real block matrices (F, g, 2O/g, 2C/g)."""
+        d = len(self.plans)
+        w = self.weight.permute(*range(2, 2 + d), 0, 1).to(k_l[0].dtype)  # (*taps, O, C/g)
+        for a in range(d):
+            w = _gemm(k_l[a], w, a, a + 1 + bool(a), (k_l[a].shape[0] // 2, 2))
+        freq = w.shape[:-3]
         o, cg = w.shape[-2:]
         g = self.groups
         nf = math.prod(freq)
         w = w.reshape(nf, 2, g, o // g, cg)
         wr, wi = w[:, 0], w[:, 1]  # (F, g, O/g, C/g)
-        wblk = torch.cat([torch.cat([wr, -wi], -1), torch.cat([wi, wr], -1)], -2)  # (F, g, 2O/g, 2C/g)
+        return torch.cat([torch.cat([wr, -wi], -1), torch.cat([wi, wr], -1)], -2)  # (F, g, 2O/g, 2C/g)
+
+    def _mix_blocks(self, y: torch.Tensor, wblk: torch.Tensor) -> torch.Tensor:
+        """Per-frequency complex channel mixing on real re/im layouts.
+
+        y (*f, 2, C, B), wblk (F, g, 2O/g, 2C/g) -> (*f, 2, O, B): out = W y per frequency, as one
+        real batched GEMM with the 2O x 2C block matrix [[Wr, -Wi], [Wi, Wr]].
+        """
+        freq = y.shape[:-3]
+        c, b = y.shape[-2:]
+        nf, g = wblk.shape[:2]
+        o, cg = wblk.shape[2] // 2 * g, c // g
         if g == 1:
             out = torch.bmm(wblk.reshape(nf, 2 * o, 2 * c), y.reshape(nf, 2 * c, b))
             return out.reshape(*freq, 2, o, b)
@@ -438,12 +482,46 @@ class KOp(nn.Module):
         return out.reshape(nf, g, 2, o // g, b).transpose(1, 2).reshape(*freq, 2, o, b)
 
     def _dense_mats(self) -> list[torch.Tensor]:
-        """[K_in per axis (n x size), L per axis (n x taps), K_out per axis (out x n)], complex."""
+        """[K_in per axis (n x size), L per axis (n x taps), K_out per axis (out x n)], complex.
+
+        All materialised together in one batched pass per transform size (`KMatrix.dense_many`).
+        """
         d = len(self.plans)
-        k_in = [self.K_in[a].dense().index_select(1, getattr(self, f"_in_cols{a}")) for a in range(d)]
-        k_l = [self.L[a].dense().index_select(1, getattr(self, f"_tap_cols{a}")) for a in range(d)]
-        k_out = [self.K_out[a].dense().index_select(0, getattr(self, f"_out_rows{a}")) for a in range(d)]
-        return k_in + k_l + k_out
+        sel = [("cols", getattr(self, f"_in_cols{a}")) for a in range(d)]
+        sel += [("cols", getattr(self, f"_tap_cols{a}")) for a in range(d)]
+        sel += [("rows", getattr(self, f"_out_rows{a}")) for a in range(d)]
+        return KMatrix.dense_many(self._all_kmatrices(), sel)
+
+    def _fixed_real_mats(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+        """Constant real GEMM-DFT matrices for the fixed op (built in float64 once, then cast).
+
+        Axis 0 keeps frequencies 0..n/2 only; the inverse on that axis weights frequencies
+        1..n/2-1 by 2 and takes the real part (exact for a Hermitian spectrum).
+        """
+        cache = self.__dict__.setdefault("_fixed_cache", {})
+        key = (dtype, device)
+        if key not in cache:
+            with torch.inference_mode(False), torch.no_grad():
+                mats: list[torch.Tensor] = [None] * (3 * len(self.plans))  # type: ignore[list-item]
+                for a, p in enumerate(self.plans):
+                    k = torch.arange(p.n, dtype=torch.float64)
+                    f = torch.polar(torch.ones(p.n, p.n, dtype=torch.float64), -2 * math.pi * torch.outer(k, k) / p.n)
+                    finv = f.conj() / p.n
+                    if a == 0:
+                        h = p.n // 2 + 1
+                        f = f[:h]
+                        c = torch.full((h,), 2.0, dtype=torch.float64)
+                        c[0] = 1.0
+                        if p.n % 2 == 0:
+                            c[-1] = 1.0
+                        finv = finv[:, :h] * c
+                    rin = "first" if a else None
+                    mats[a] = _realify(f[:, list(p.in_cols)], rin, "last")
+                    mats[len(self.plans) + a] = _realify(f[:, list(p.tap_cols)], rin, "last")
+                    mats[2 * len(self.plans) + a] = _realify(finv[list(p.out_rows)], "last", "first" if a else None)
+                cache.clear()
+                cache[key] = [m.to(device=device, dtype=dtype).contiguous() for m in mats]
+        return cache[key]
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
         """Exact FFT convolution: real FFTs of the zero-padded input and of the placed filter.

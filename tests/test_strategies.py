@@ -52,3 +52,42 @@ def test_dense_equals_butterfly_at_random_init(cls, kw, shape, depth):
     x = torch.randn(shape, dtype=torch.float64, generator=g)
     for a, b in zip(_grads(ops["dense"], x), _grads(ops["butterfly"], x)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_eval_cache_follows_parameter_updates():
+    torch.manual_seed(0)
+    op = KOp(3, 4, 3, (8, 8), padding=1, init="random", depth=2, dtype=torch.float64)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        a = op(x)
+        assert op(x) is not a and torch.equal(op(x), a)  # second call served from the cache
+    opt = torch.optim.SGD(op.parameters(), lr=0.1)
+    op(x).square().sum().backward()
+    opt.step()  # bumps every parameter's _version
+    with torch.no_grad():
+        b = op(x)
+    torch.set_grad_enabled(True)
+    torch.testing.assert_close(b, op(x), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(a, b)
+    other = KOp(3, 4, 3, (8, 8), padding=1, init="random", depth=2, dtype=torch.float64)
+    with torch.no_grad():
+        op.load_state_dict(other.state_dict())
+        torch.testing.assert_close(op(x), other(x), rtol=1e-12, atol=1e-12)
+        with torch.inference_mode():
+            torch.testing.assert_close(op(x), other(x), rtol=1e-12, atol=1e-12)
+    op(x).sum().backward()  # tensors cached under inference mode never reach autograd
+
+
+@pytest.mark.parametrize("cls,kw,shape", CASES)
+def test_fixed_gemm_dft_equals_torch_fft(cls, kw, shape, monkeypatch):
+    import chrysalis.kop as kop
+
+    torch.manual_seed(0)
+    conv = cls(**kw).double()
+    op = KOp.from_conv(conv, shape[2:], fixed=True)
+    x = torch.randn(shape, dtype=torch.float64)
+    gemm = _grads(op, x)
+    monkeypatch.setattr(kop, "FIXED_GEMM_MAX_N", 0)
+    op.zero_grad()
+    for a, b in zip(gemm, _grads(op, x)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
