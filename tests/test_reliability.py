@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_search import cfg, metrics, standin, tiny_dataset  # noqa: F401  (standin is a fixture)
+from standins import cfg, metrics, tiny_dataset, tiny_space
 from torch import nn
 
 import chrysalis as ch
@@ -263,7 +263,6 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(standin, tmp_pa
 
 def test_nan_in_the_data_stops_at_the_first_step(tmp_path, monkeypatch):  # R19
     from chrysalis.search import engine
-    from test_search import tiny_space
 
     def poisoned(name, split, **options):
         ds = tiny_dataset(name, split, **options)
@@ -294,7 +293,6 @@ def test_rollback_lowers_the_learning_rate_and_finishes(standin, tmp_path, capsy
 
 def test_rollback_gives_up_on_data_that_is_always_nan(tmp_path, monkeypatch):  # R20
     from chrysalis.search import engine
-    from test_search import tiny_space
 
     def poisoned(name, split, **options):
         ds = tiny_dataset(name, split, **options)
@@ -391,7 +389,7 @@ def test_no_unsafe_deserialisation_in_the_code_base():  # R25
             for pattern, what in bad:
                 if re.search(pattern, code) and not code.strip().startswith(('"', "'")):
                     found.append(f"{path.relative_to(REPO)}:{lineno}: {what}: {line.strip()}")
-            for m in re.finditer(r"torch\.load\(", code):
+            for _ in re.finditer(r"torch\.load\(", code):
                 call = text.splitlines()[lineno - 1:lineno + 2]
                 if "weights_only=True" not in " ".join(call):
                     found.append(f"{path.relative_to(REPO)}:{lineno}: torch.load without weights_only=True")
