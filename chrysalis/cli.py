@@ -81,7 +81,8 @@ def _parse_sets(values: list[str] | None) -> dict[str, Any]:
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise typer.BadParameter(f"--set {key.strip()}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+            problem = getattr(e, "problem", None) or e
+            raise typer.BadParameter(f"--set {key.strip()}: not valid YAML ({problem})") from None
     return out
 
 
