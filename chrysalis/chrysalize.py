@@ -124,3 +124,34 @@ def weight_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 def kops(model: nn.Module) -> Iterator[tuple[str, KOp]]:
     """(name, KOp) for every K-operation in `model`."""
     return ((n, m) for n, m in model.named_modules() if isinstance(m, KOp))
+
+
+@torch.no_grad()
+def match_conv_gain_(
+    model: nn.Module, *, samples: int = 4, generator: torch.Generator | None = None
+) -> dict[str, float]:
+    """Rescale each K-op's weights so that the op has the output scale of the conv with those weights.
+
+    A searched architecture can amplify or damp (its butterflies need not stay unitary), and
+    freshly initialised weights sized for a convolution then blow up or vanish through it: a
+    retrain diverges. This is the variance-preserving init adapted to the found operator: on
+    Gaussian inputs, the std of the op's output (bias left out) is matched to the exact conv's
+    (the fixed-FFT twin, same weights). Returns {layer name: factor applied}.
+    """
+    factors = {}
+    for name, op in kops(model):
+        if op.fixed:
+            continue
+        conv = KOp(
+            op.in_channels, op.out_channels, op.kernel_size, op.input_size, stride=op.stride, padding=op.padding,
+            dilation=op.dilation, groups=op.groups, bias=False, padding_mode=op.padding_mode,
+            max_kernel_size=op.max_kernel_size, fixed=True, device=op.weight.device, dtype=op.weight.dtype,
+        )
+        conv.weight.copy_(op.weight)
+        x = torch.randn(samples, op.in_channels, *op.input_size, generator=generator).to(op.weight)
+        bias = 0.0 if op.bias is None else op.bias.view(1, -1, *([1] * len(op.input_size)))
+        gain = (op(x) - bias).std() / conv(x).std().clamp_min(1e-30)
+        factor = float(1.0 / gain.clamp_min(1e-30))
+        op.weight.mul_(factor)
+        factors[name] = factor
+    return factors

@@ -171,6 +171,8 @@ def retrain(
     limit_train: Annotated[int | None, typer.Option(help="Use only the first N training examples.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | auto.")] = None,
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads.")] = None,
+    match_gain: Annotated[bool, typer.Option(
+        help="Rescale the fresh K-op weights to the conv's output scale (for architectures that amplify).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted retrain.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous retrain in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -179,6 +181,7 @@ def retrain(
     from .search import retrain as retrain_run
 
     r = retrain_run(run, out=out, seed=seed, epochs=epochs, resume=resume, overwrite=overwrite,
+                    match_gain=match_gain or None,
                     limit_train=limit_train, device=device, threads=threads, quiet=quiet or None)
     _print_summary([r])
 

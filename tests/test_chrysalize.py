@@ -140,3 +140,22 @@ def test_not_a_module():
         ch.chrysalize(lambda x: x, torch.zeros(1))
     with pytest.raises(TypeError):
         ch.KOp.from_conv(nn.Linear(2, 2), 4)
+
+
+def test_match_conv_gain_restores_the_conv_output_scale():
+    torch.manual_seed(0)
+    model = lenet().eval()
+    x = torch.randn(16, 3, 32, 32)
+    warm = ch.chrysalize(model, x, depth=2)
+    factors = ch.match_conv_gain_(warm, generator=torch.Generator().manual_seed(0))
+    assert all(abs(f - 1) < 1e-4 for f in factors.values())  # the conv itself: nothing to change
+    loud = ch.chrysalize(model, x, depth=2)
+    with torch.no_grad():
+        loud[0].L[0].twiddle[0].mul_(2 ** (1 / 5))  # first butterfly, n=32: 5 factors -> this K-matrix gains x2
+    before = loud[0].weight.clone()
+    factors = ch.match_conv_gain_(loud, generator=torch.Generator().manual_seed(0))
+    assert abs(factors["0"] - 0.5) < 0.05 and abs(factors["3"] - 1) < 1e-4
+    assert torch.allclose(loud[0].weight, before * factors["0"])
+    conv_out = model[0](x) - model[0].bias.view(1, -1, 1, 1)
+    kop_out = loud[0](x) - loud[0].bias.view(1, -1, 1, 1)
+    assert abs(kop_out.std() / conv_out.std() - 1) < 0.1

@@ -224,3 +224,11 @@ def test_limit_takes_a_fixed_subset(standin):
     c = SearchConfig(limit_train=10)
     a, b = engine.load_split(c, "train", 10), engine.load_split(c.replace(seed=5), "train", 10)
     assert len(a) == 10 and torch.equal(a.inputs, b.inputs)
+
+
+def test_retrain_match_gain_rescales_the_fresh_weights(standin, tmp_path):
+    run_search(cfg(tmp_path, epochs=1))
+    plain = retrain(tmp_path / "run", out=tmp_path / "plain", epochs=1)
+    matched = retrain(tmp_path / "run", out=tmp_path / "matched", epochs=1, match_gain=True)
+    assert matched["config"]["match_gain"] is True and plain["config"]["match_gain"] is False
+    assert matched["final"]["train_loss"] != plain["final"]["train_loss"]

@@ -47,6 +47,7 @@ class SearchConfig:
     depth: int = 1  # butterflies per K-matrix
     kop_options: dict[str, Any] = field(default_factory=dict)  # extra chrysalize/KOp options
     arch_from: str | None = None  # a run dir whose architecture is loaded and frozen (retrain)
+    match_gain: bool = False  # with arch_from: rescale fresh K-op weights to the conv's output scale
     # how long, and the weight optimizer (SGD)
     epochs: int = 10
     batch_size: int = 128

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..chrysalize import arch_parameters, kops, weight_parameters
+from ..chrysalize import arch_parameters, kops, match_conv_gain_, weight_parameters
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import ConfigError, SearchConfig, config_differences, read_yaml
 from .distributed import (
@@ -260,6 +260,8 @@ class SearchRun:
         self.model = build_model(cfg, self.train.info).to(self.device)
         if cfg.arch_from:
             load_architecture(self.model, cfg.arch_from)
+            if cfg.match_gain:  # deterministic (seeded); every rank computes the same factors
+                match_conv_gain_(self.model, generator=_generator(cfg.seed, 7919))
         if self.dist.rank > 0:  # same initial model everywhere, but each rank its own dropout stream
             torch.manual_seed(int(_generator(cfg.seed, 104_729, self.dist.rank).initial_seed()))
         arch_all = list(arch_parameters(self.model))

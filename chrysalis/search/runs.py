@@ -37,7 +37,8 @@ def retrain(
     Trains with method `fixed` (same recipe as the search unless overridden) in `out`
     (default `run_dir/retrain`); the weights are re-initialised from `seed` (default: the search
     seed + 1000) and the architecture parameters are loaded from `run_dir`'s checkpoint.
-    results.json gets `"retrain_of": run_dir`.
+    results.json gets `"retrain_of": run_dir`. Override `match_gain=True` to rescale the fresh K-op
+    weights to the conv's output scale (`chrysalis.match_conv_gain_`) before training.
     """
     run_dir = Path(run_dir)
     base = load_run_config(run_dir)
