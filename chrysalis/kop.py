@@ -36,6 +36,11 @@ PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 KMATRIX_NAMES = ("K_in", "L", "K_out")
 STRATEGIES = ("auto", "dense", "butterfly")
 DENSE_MAX_N = 256  # "auto" materialises K-matrices up to this size (see docs/PERFORMANCE.md)
+# Dense backward (`_DenseChain`): recompute the mixing's output (1) or also its input (2) instead
+# of saving them (0: plain autograd). Only for few input channels per group, where the mixing is
+# cheap to redo and the spectra dominate memory (docs/PERFORMANCE.md).
+DENSE_RECOMPUTE = 2
+LEAN_MAX_CHANNELS = 32
 FIXED_GEMM_MAX_N = 64  # fixed=True: GEMM-DFT up to this transform size, torch.fft above
 
 
@@ -114,6 +119,119 @@ def _gemm(m: torch.Tensor, t: torch.Tensor, start: int, stop: int, mid: tuple[in
     else:
         out = torch.bmm(m.expand(lead, *m.shape), t.reshape(lead, q, tail))  # not matmul: it copies
     return out.reshape(*shape[:start], *mid, *shape[stop:])
+
+
+def _mix(y: torch.Tensor, wblk: torch.Tensor) -> torch.Tensor:
+    """Per-frequency complex channel mixing on real re/im layouts.
+
+    y (*f, 2, C, B), wblk (F, g, 2O/g, 2C/g) -> (*f, 2, O, B): out = W y per frequency, as one
+    real batched GEMM with the 2O x 2C block matrix [[Wr, -Wi], [Wi, Wr]].
+    """
+    freq = y.shape[:-3]
+    c, b = y.shape[-2:]
+    nf, g = wblk.shape[:2]
+    o, cg = wblk.shape[2] // 2 * g, c // g
+    if g == 1:
+        out = torch.bmm(wblk.reshape(nf, 2 * o, 2 * c), y.reshape(nf, 2 * c, b))
+        return out.reshape(*freq, 2, o, b)
+    yg = y.reshape(nf, 2, g, cg, b).transpose(1, 2).reshape(nf, g, 2 * cg, b)
+    out = torch.matmul(wblk, yg)  # (F, g, 2*O/g, B), rows (re/im, O/g)
+    return out.reshape(nf, g, 2, o // g, b).transpose(1, 2).reshape(*freq, 2, o, b)
+
+
+def _mix_backward(y, wblk, g_out, need_y: bool, need_w: bool):
+    """Gradients of `_mix` with respect to y and wblk."""
+    nf, g = wblk.shape[:2]
+    c, b = y.shape[-2:]
+    o, cg = wblk.shape[2] // 2 * g, c // g
+    if g == 1:
+        g3 = g_out.reshape(nf, 2 * o, b)
+        w3 = wblk.reshape(nf, 2 * o, 2 * c)
+        gy = torch.bmm(w3.transpose(1, 2), g3).reshape(y.shape) if need_y else None
+        gw = torch.bmm(g3, y.reshape(nf, 2 * c, b).transpose(1, 2)).reshape(wblk.shape) if need_w else None
+        return gy, gw
+    gg = g_out.reshape(nf, 2, g, o // g, b).transpose(1, 2).reshape(nf, g, 2 * (o // g), b)
+    gy = gw = None
+    if need_y:
+        gy = torch.matmul(wblk.transpose(-1, -2), gg).reshape(nf, g, 2, cg, b).transpose(1, 2).reshape(y.shape)
+    if need_w:
+        yg = y.reshape(nf, 2, g, cg, b).transpose(1, 2).reshape(nf, g, 2 * cg, b)
+        gw = torch.matmul(gg, yg.transpose(-1, -2))
+    return gy, gw
+
+
+def _gemm_backward(m, t, start, stop, g_out, need_t: bool, need_m: bool):
+    """Gradients of `_gemm(m, t, start, stop, mid)` with respect to t and m."""
+    shape = t.shape
+    lead, q, tail = math.prod(shape[:start]), math.prod(shape[start:stop]), math.prod(shape[stop:])
+    p = m.shape[0]
+    g3 = g_out.reshape(lead, p, tail)
+    gt = gm = None
+    if lead == 1:
+        if need_t:
+            gt = (m.t() @ g3[0]).reshape(shape)
+        if need_m:
+            gm = g3[0] @ t.reshape(q, tail).t()
+    else:
+        if need_t:
+            gt = torch.bmm(m.t().expand(lead, q, p), g3).reshape(shape)
+        if need_m:
+            gm = torch.bmm(g3, t.reshape(lead, q, tail).transpose(1, 2)).sum(0)
+    return gt, gm
+
+
+def _run_stage(stage, t: torch.Tensor, mats, wblk) -> torch.Tensor:
+    if stage[0] == "mix":
+        return _mix(t, wblk)
+    _, i, start, stop, mid = stage
+    return _gemm(mats[i], t, start, stop, mid)
+
+
+class _DenseChain(torch.autograd.Function):
+    """The dense K-op's data path (K_in per axis, mixing, K_out per axis) with a lean backward.
+
+    Autograd would save the input of every stage; this saves them all but the two largest — the
+    full spectrum entering the channel mixing and the one leaving it — and recomputes those two
+    in backward (one GEMM and the mixing: a fraction of the forward), then runs the hand-written
+    GEMM backward stage by stage.
+    """
+
+    @staticmethod
+    def forward(ctx, x, wblk, plan, *mats):
+        ts = [x]
+        for stage in plan:
+            ts.append(_run_stage(stage, ts[-1], mats, wblk))
+        k = next(i for i, st in enumerate(plan) if st[0] == "mix")
+        ctx.plan, ctx.mix, ctx.lean = plan, k, DENSE_RECOMPUTE
+        keep = ts[:k] if DENSE_RECOMPUTE == 2 else ts[: k + 1]
+        ctx.save_for_backward(wblk, *mats, *keep, *ts[k + 2 : len(plan)])
+        return ts[-1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        plan, k = ctx.plan, ctx.mix
+        saved = ctx.saved_tensors
+        nm = len(ctx.needs_input_grad) - 3
+        wblk, mats, rest = saved[0], saved[1 : 1 + nm], saved[1 + nm :]
+        if ctx.lean == 2:
+            y_mix = _run_stage(plan[k - 1], rest[k - 1], mats, wblk)  # recomputed
+            ts = list(rest[:k]) + [y_mix, _mix(y_mix, wblk)] + list(rest[k:])
+        else:
+            ts = list(rest[: k + 1]) + [_mix(rest[k], wblk)] + list(rest[k + 1 :])
+        need = ctx.needs_input_grad
+        gmats: list[torch.Tensor | None] = [None] * nm
+        gw = None
+        for i in range(len(plan) - 1, -1, -1):
+            stage, t = plan[i], ts[i]
+            need_t = i > 0 or need[0]
+            if stage[0] == "mix":
+                g, gw = _mix_backward(t, wblk, g, need_t, need[1])
+            else:
+                _, j, start, stop, _ = stage
+                g, gm = _gemm_backward(mats[j], t, start, stop, g, need_t, need[3 + j])
+                gmats[j] = gm if gmats[j] is None or gm is None else gmats[j] + gm
+        return (g if need[0] else None), gw, None, *gmats
 
 
 def _realify(a: torch.Tensor, re_in: str | None, re_out: str | None) -> torch.Tensor:
@@ -411,13 +529,21 @@ class KOp(nn.Module):
         d = len(self.plans)
         mats, wblk = self._dense_operands(fixed)
         k_in, k_out = mats[:d], mats[2 * d :]
-        y = x.permute(*range(2, 2 + d), 1, 0).to(k_in[0].dtype)  # (*size, C, B), real: one copy
-        for a in range(d):  # axis a (after a re/im axis if a > 0) -> (n_a, re/im)
-            y = _gemm(k_in[a], y, a, a + 1 + bool(a), (k_in[a].shape[0] // 2, 2))
-        z = self._mix_blocks(y, wblk)  # (*n, 2, O, B)
-        for a in range(d - 1, -1, -1):  # (n_a, re/im) -> (re/im, out_a); the last keeps Re only
-            mid = (2, k_out[a].shape[0] // 2) if a else (k_out[a].shape[0],)
-            z = _gemm(k_out[a], z, a, a + 2, mid)
+        y = x.permute(*range(2, 2 + d), 1, 0).to(k_in[0].dtype)  # (*size, C, B), real
+        # axis a (after a re/im axis if a > 0) -> (n_a, re/im); mixing -> (*n, 2, O, B); then
+        # (n_a, re/im) -> (re/im, out_a), the last keeping Re only.
+        plan = [("gemm", a, a, a + 1 + bool(a), (k_in[a].shape[0] // 2, 2)) for a in range(d)] + [("mix",)]
+        plan += [
+            ("gemm", 2 * d + a, a, a + 2, (2, k_out[a].shape[0] // 2) if a else (k_out[a].shape[0],))
+            for a in range(d - 1, -1, -1)
+        ]
+        lean = DENSE_RECOMPUTE and self.in_channels // self.groups <= LEAN_MAX_CHANNELS
+        if lean and torch.is_grad_enabled() and (x.requires_grad or wblk.requires_grad or any(m.requires_grad for m in mats)):
+            z = _DenseChain.apply(y, wblk, tuple(plan), *mats)
+        else:
+            z = y
+            for stage in plan:
+                z = _run_stage(stage, z, mats, wblk)
         return z.permute(d + 1, d, *range(d))  # (*out, O, B) -> (B, O, *out)
 
     def _dense_operands(self, fixed: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -463,23 +589,6 @@ class KOp(nn.Module):
         w = w.reshape(nf, 2, g, o // g, cg)
         wr, wi = w[:, 0], w[:, 1]  # (F, g, O/g, C/g)
         return torch.cat([torch.cat([wr, -wi], -1), torch.cat([wi, wr], -1)], -2)  # (F, g, 2O/g, 2C/g)
-
-    def _mix_blocks(self, y: torch.Tensor, wblk: torch.Tensor) -> torch.Tensor:
-        """Per-frequency complex channel mixing on real re/im layouts.
-
-        y (*f, 2, C, B), wblk (F, g, 2O/g, 2C/g) -> (*f, 2, O, B): out = W y per frequency, as one
-        real batched GEMM with the 2O x 2C block matrix [[Wr, -Wi], [Wi, Wr]].
-        """
-        freq = y.shape[:-3]
-        c, b = y.shape[-2:]
-        nf, g = wblk.shape[:2]
-        o, cg = wblk.shape[2] // 2 * g, c // g
-        if g == 1:
-            out = torch.bmm(wblk.reshape(nf, 2 * o, 2 * c), y.reshape(nf, 2 * c, b))
-            return out.reshape(*freq, 2, o, b)
-        yg = y.reshape(nf, 2, g, cg, b).transpose(1, 2).reshape(nf, g, 2 * cg, b)
-        out = torch.matmul(wblk, yg)  # (F, g, 2*O/g, B), rows (re/im, O/g)
-        return out.reshape(nf, g, 2, o // g, b).transpose(1, 2).reshape(*freq, 2, o, b)
 
     def _dense_mats(self) -> list[torch.Tensor]:
         """[K_in per axis (n x size), L per axis (n x taps), K_out per axis (out x n)], complex.

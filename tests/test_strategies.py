@@ -91,3 +91,20 @@ def test_fixed_gemm_dft_equals_torch_fft(cls, kw, shape, monkeypatch):
     op.zero_grad()
     for a, b in zip(gemm, _grads(op, x)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("recompute", [0, 1])
+@pytest.mark.parametrize("cls,kw,shape", CASES)
+def test_dense_backward_variants_agree(cls, kw, shape, recompute, monkeypatch):
+    import chrysalis.kop as kop
+
+    g = torch.Generator().manual_seed(3)
+    op = KOp(shape[1], kw["out_channels"], kw["kernel_size"], shape[2:],
+             **{k: v for k, v in kw.items() if k not in ("in_channels", "out_channels", "kernel_size")},
+             init="random", depth=2, strategy="dense", generator=g, dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, generator=g)
+    lean = _grads(op, x)
+    op.zero_grad()
+    monkeypatch.setattr(kop, "DENSE_RECOMPUTE", recompute)
+    for a, b in zip(lean, _grads(op, x)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
