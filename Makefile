@@ -43,8 +43,9 @@ fashion-mnist:
 # The paper's experiments on the real data available here (docs/RESULTS.md): one sweep per task
 # (configs/reproduce/*.yaml); finished trials are skipped, so an interrupted run just continues.
 reproduce: $(STAMP) fashion-mnist
-	for f in configs/reproduce/*.yaml; do $(BIN)/chrysalis sweep $$f || exit 1; done
-	$(BIN)/chrysalis report runs/reproduce --out runs/reproduce/report.md --csv runs/reproduce/report.csv
+	status=0; for f in configs/reproduce/*.yaml; do $(BIN)/chrysalis sweep $$f || status=1; done; \
+	$(BIN)/chrysalis report runs/reproduce --out runs/reproduce/report.md --csv runs/reproduce/report.csv; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
