@@ -9,7 +9,8 @@ data, space, op, method, init (K-ops only; "-" otherwise) and whether the run is
 other difference (seed aside) stays inside the group and is listed in the markdown notes so that
 runs trained with different recipes are never averaged silently. A search run whose `retrain/`
 sub-directory holds a finished retrain contributes that run's test accuracy to its group's
-"retrain test acc" column. Standard deviations are sample ones (n - 1); with one run there is none.
+"retrain test acc" column (and is not listed as a row of its own). Standard deviations are
+sample ones (n - 1); with one run there is none.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def collect_runs(paths: list[str | Path]) -> list[RunRecord]:
         results = read_results(run_dir)
         if results is None:
             continue
+        if (results.get("retrain_of") or (results.get("config") or {}).get("arch_from")) and run_dir.parent in found:
+            continue  # a retrain of a listed search: it is that row's "retrain test acc", not a row of its own
         final = results.get("final") or {}
         retrain = read_results(run_dir / "retrain") if (run_dir / "retrain").is_dir() else None
         values = {
