@@ -39,7 +39,7 @@ DENSE_MAX_N = 256  # "auto" materialises K-matrices up to this size (see docs/PE
 # Dense backward (`_DenseChain`): recompute the mixing's output (1) or also its input (2) instead
 # of saving them (0: plain autograd). Only for few input channels per group, where the mixing is
 # cheap to redo and the spectra dominate memory (docs/PERFORMANCE.md).
-DENSE_RECOMPUTE = 2
+DENSE_RECOMPUTE = 1
 LEAN_MAX_CHANNELS = 32
 FIXED_GEMM_MAX_N = 64  # fixed=True: GEMM-DFT up to this transform size, torch.fft above
 
