@@ -139,30 +139,29 @@ def _mix(y: torch.Tensor, wblk: torch.Tensor) -> torch.Tensor:
     return out.reshape(nf, g, 2, o // g, b).transpose(1, 2).reshape(*freq, 2, o, b)
 
 
-def _mix_backward(y, wblk, g_out, need_y: bool, need_w: bool):
-    """Gradients of `_mix` with respect to y and wblk."""
+def _mix_backward(y, shape, wblk, g_out, need_y: bool, need_w: bool):
+    """Gradients of `_mix` with respect to y (of `shape`; only read if need_w) and wblk."""
     nf, g = wblk.shape[:2]
-    c, b = y.shape[-2:]
+    c, b = shape[-2:]
     o, cg = wblk.shape[2] // 2 * g, c // g
     if g == 1:
         g3 = g_out.reshape(nf, 2 * o, b)
         w3 = wblk.reshape(nf, 2 * o, 2 * c)
-        gy = torch.bmm(w3.transpose(1, 2), g3).reshape(y.shape) if need_y else None
+        gy = torch.bmm(w3.transpose(1, 2), g3).reshape(shape) if need_y else None
         gw = torch.bmm(g3, y.reshape(nf, 2 * c, b).transpose(1, 2)).reshape(wblk.shape) if need_w else None
         return gy, gw
     gg = g_out.reshape(nf, 2, g, o // g, b).transpose(1, 2).reshape(nf, g, 2 * (o // g), b)
     gy = gw = None
     if need_y:
-        gy = torch.matmul(wblk.transpose(-1, -2), gg).reshape(nf, g, 2, cg, b).transpose(1, 2).reshape(y.shape)
+        gy = torch.matmul(wblk.transpose(-1, -2), gg).reshape(nf, g, 2, cg, b).transpose(1, 2).reshape(shape)
     if need_w:
         yg = y.reshape(nf, 2, g, cg, b).transpose(1, 2).reshape(nf, g, 2 * cg, b)
         gw = torch.matmul(gg, yg.transpose(-1, -2))
     return gy, gw
 
 
-def _gemm_backward(m, t, start, stop, g_out, need_t: bool, need_m: bool):
-    """Gradients of `_gemm(m, t, start, stop, mid)` with respect to t and m."""
-    shape = t.shape
+def _gemm_backward(m, t, shape, start, stop, g_out, need_t: bool, need_m: bool):
+    """Gradients of `_gemm(m, t, start, stop, mid)` w.r.t. t (of `shape`; read if need_m) and m."""
     lead, q, tail = math.prod(shape[:start]), math.prod(shape[start:stop]), math.prod(shape[stop:])
     p = m.shape[0]
     g3 = g_out.reshape(lead, p, tail)
@@ -190,10 +189,10 @@ def _run_stage(stage, t: torch.Tensor, mats, wblk) -> torch.Tensor:
 class _DenseChain(torch.autograd.Function):
     """The dense K-op's data path (K_in per axis, mixing, K_out per axis) with a lean backward.
 
-    Autograd would save the input of every stage; this saves them all but the two largest — the
-    full spectrum entering the channel mixing and the one leaving it — and recomputes those two
-    in backward (one GEMM and the mixing: a fraction of the forward), then runs the hand-written
-    GEMM backward stage by stage.
+    A stage's input is saved only if its matrix needs a gradient (constant GEMM-DFT matrices or
+    frozen K-matrices need none). The spectrum leaving the channel mixing (the largest
+    intermediate) is recomputed in backward instead of saved, and with DENSE_RECOMPUTE = 2 the
+    one entering it too (one GEMM more); then the hand-written GEMM backward runs stage by stage.
     """
 
     @staticmethod
@@ -202,9 +201,18 @@ class _DenseChain(torch.autograd.Function):
         for stage in plan:
             ts.append(_run_stage(stage, ts[-1], mats, wblk))
         k = next(i for i, st in enumerate(plan) if st[0] == "mix")
-        ctx.plan, ctx.mix, ctx.lean = plan, k, DENSE_RECOMPUTE
-        keep = ts[:k] if DENSE_RECOMPUTE == 2 else ts[: k + 1]
-        ctx.save_for_backward(wblk, *mats, *keep, *ts[k + 2 : len(plan)])
+        need = ctx.needs_input_grad
+        keep = [need[1] if st[0] == "mix" else need[3 + st[1]] for st in plan]
+        recompute = []
+        if keep[k + 1]:
+            keep[k + 1], keep[k] = False, True
+            recompute.append(k + 1)
+        if DENSE_RECOMPUTE == 2 and keep[k]:
+            keep[k], keep[k - 1] = False, True
+            recompute.insert(0, k)
+        ctx.plan, ctx.mix, ctx.recompute = plan, k, recompute
+        ctx.shapes = [t.shape for t in ts[: len(plan)]]
+        ctx.save_for_backward(wblk, *mats, *(t if kp else None for t, kp in zip(ts, keep)))
         return ts[-1]
 
     @staticmethod
@@ -213,12 +221,9 @@ class _DenseChain(torch.autograd.Function):
         plan, k = ctx.plan, ctx.mix
         saved = ctx.saved_tensors
         nm = len(ctx.needs_input_grad) - 3
-        wblk, mats, rest = saved[0], saved[1 : 1 + nm], saved[1 + nm :]
-        if ctx.lean == 2:
-            y_mix = _run_stage(plan[k - 1], rest[k - 1], mats, wblk)  # recomputed
-            ts = list(rest[:k]) + [y_mix, _mix(y_mix, wblk)] + list(rest[k:])
-        else:
-            ts = list(rest[: k + 1]) + [_mix(rest[k], wblk)] + list(rest[k + 1 :])
+        wblk, mats, ts = saved[0], saved[1 : 1 + nm], list(saved[1 + nm :])
+        for i in ctx.recompute:  # the mixing's input (k) and/or output (k + 1)
+            ts[i] = _run_stage(plan[i - 1], ts[i - 1], mats, wblk)
         need = ctx.needs_input_grad
         gmats: list[torch.Tensor | None] = [None] * nm
         gw = None
@@ -226,10 +231,10 @@ class _DenseChain(torch.autograd.Function):
             stage, t = plan[i], ts[i]
             need_t = i > 0 or need[0]
             if stage[0] == "mix":
-                g, gw = _mix_backward(t, wblk, g, need_t, need[1])
+                g, gw = _mix_backward(t, ctx.shapes[i], wblk, g, need_t, need[1])
             else:
                 _, j, start, stop, _ = stage
-                g, gm = _gemm_backward(mats[j], t, start, stop, g, need_t, need[3 + j])
+                g, gm = _gemm_backward(mats[j], t, ctx.shapes[i], start, stop, g, need_t, need[3 + j])
                 gmats[j] = gm if gmats[j] is None or gm is None else gmats[j] + gm
         return (g if need[0] else None), gw, None, *gmats
 
