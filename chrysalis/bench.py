@@ -129,7 +129,7 @@ def bench_layers(quick: bool, repeats: int) -> list[dict]:
         mods = _variants(conv, tuple(case["shape"][2:]))
         fwd = _interleaved({k: _fwd(m, x) for k, m in mods.items()}, repeats)
         fb = _interleaved({k: _fwd_bwd(m, x) for k, m in mods.items()}, repeats)
-        mem = {k: saved_bytes(lambda m=m: m(x)) for k, m in mods.items()}
+        mem = {k: saved_bytes(lambda m=m, x=x: m(x)) for k, m in mods.items()}
         n = tuple(p.n for p in mods["kop-d1"].plans)
         for k in mods:
             rows.append(
@@ -154,10 +154,10 @@ def bench_kmatrix(quick: bool, repeats: int) -> list[dict]:
         x = torch.randn(max(1, total // n), n, dtype=torch.complex64)
         with torch.no_grad():
             dense_t = km.dense().t().contiguous()
-        fns = {
-            "fft": lambda: torch.fft.fft(x),
-            "butterfly": lambda: km(x),
-            "dense": lambda: x @ dense_t,
+        fns = {  # defaults bind this iteration's tensors
+            "fft": lambda x=x: torch.fft.fft(x),
+            "butterfly": lambda x=x, km=km: km(x),
+            "dense": lambda x=x, d=dense_t: x @ d,
         }
         with torch.no_grad():
             t = _interleaved(fns, repeats)

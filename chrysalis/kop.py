@@ -218,7 +218,7 @@ class _DenseChain(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        plan, k = ctx.plan, ctx.mix
+        plan = ctx.plan
         saved = ctx.saved_tensors
         nm = len(ctx.needs_input_grad) - 3
         wblk, mats, ts = saved[0], saved[1 : 1 + nm], list(saved[1 + nm :])
@@ -543,7 +543,8 @@ class KOp(nn.Module):
             for a in range(d - 1, -1, -1)
         ]
         lean = DENSE_RECOMPUTE and self.in_channels // self.groups <= LEAN_MAX_CHANNELS
-        if lean and torch.is_grad_enabled() and (x.requires_grad or wblk.requires_grad or any(m.requires_grad for m in mats)):
+        needs_grad = x.requires_grad or wblk.requires_grad or any(m.requires_grad for m in mats)
+        if lean and torch.is_grad_enabled() and needs_grad:
             z = _DenseChain.apply(y, wblk, tuple(plan), *mats)
         else:
             z = y
