@@ -16,8 +16,9 @@ Every setting of a conv is a fixed linear map around the search space, never a s
   cross-correlation into a circular convolution), so L only needs those columns.
 - stride / cropping: the output of K_out is read at rows (i * stride - pad_left) mod n.
 Three strategies compute the same thing: "dense" materialises each K-matrix (n x n) and applies
-the sliced matrices as matrix products (fast for small n), "butterfly" applies them factor by
-factor (O(n log n), for large n), and `fixed=True` uses torch.fft with no architecture at all.
+the sliced matrices as real matrix products (fast for small n; the GEMM machinery and its
+hand-written backward live in `chrysalis/dense.py`), "butterfly" applies them factor by factor
+(O(n log n), for large n), and `fixed=True` is the exact FFT convolution with no architecture.
 """
 
 from __future__ import annotations
@@ -30,17 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import dense
+from .dense import DenseChain, gemm, realify, run_stage
 from .kmatrix import KMatrix
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 KMATRIX_NAMES = ("K_in", "L", "K_out")
 STRATEGIES = ("auto", "dense", "butterfly")
 DENSE_MAX_N = 256  # "auto" materialises K-matrices up to this size (see docs/PERFORMANCE.md)
-# Dense backward (`_DenseChain`): recompute the mixing's output (1) or also its input (2) instead
-# of saving them (0: plain autograd). Only for few input channels per group, where the mixing is
-# cheap to redo and the spectra dominate memory (docs/PERFORMANCE.md).
-DENSE_RECOMPUTE = 1
-LEAN_MAX_CHANNELS = 32
 FIXED_GEMM_MAX_N = 64  # fixed=True: GEMM-DFT up to this transform size, torch.fft above
 
 
@@ -98,164 +96,6 @@ class AxisPlan:
             tap_cols=tuple((-o) % n for o in offsets),
             out_rows=tuple((i * stride - left) % n for i in range(out)),
         )
-
-
-def _apply(a: torch.Tensor, t: torch.Tensor, axis: int) -> torch.Tensor:
-    """Multiply the matrix `a` (p x q) along `axis` of `t` (size q there -> p), without permuting."""
-    return _gemm(a, t, axis, axis + 1, (a.shape[0],))
-
-
-def _gemm(m: torch.Tensor, t: torch.Tensor, start: int, stop: int, mid: tuple[int, ...]) -> torch.Tensor:
-    """Contract the dims start..stop-1 of `t` (flattened, row-major) with the columns of `m`.
-
-    `t` viewed as (lead, q, tail) gives one batched matmul, a single large GEMM when lead == 1
-    (that is why K-ops keep the data spatial-axes-first); the result's contracted dims are
-    replaced by `mid` (whose product is m.shape[0]). Only views: no permute, no copy.
-    """
-    shape = t.shape
-    lead, q, tail = math.prod(shape[:start]), math.prod(shape[start:stop]), math.prod(shape[stop:])
-    if lead == 1:
-        out = m @ t.reshape(q, tail)
-    else:
-        out = torch.bmm(m.expand(lead, *m.shape), t.reshape(lead, q, tail))  # not matmul: it copies
-    return out.reshape(*shape[:start], *mid, *shape[stop:])
-
-
-def _mix(y: torch.Tensor, wblk: torch.Tensor) -> torch.Tensor:
-    """Per-frequency complex channel mixing on real re/im layouts.
-
-    y (*f, 2, C, B), wblk (F, g, 2O/g, 2C/g) -> (*f, 2, O, B): out = W y per frequency, as one
-    real batched GEMM with the 2O x 2C block matrix [[Wr, -Wi], [Wi, Wr]].
-    """
-    freq = y.shape[:-3]
-    c, b = y.shape[-2:]
-    nf, g = wblk.shape[:2]
-    o, cg = wblk.shape[2] // 2 * g, c // g
-    if g == 1:
-        out = torch.bmm(wblk.reshape(nf, 2 * o, 2 * c), y.reshape(nf, 2 * c, b))
-        return out.reshape(*freq, 2, o, b)
-    yg = y.reshape(nf, 2, g, cg, b).transpose(1, 2).reshape(nf, g, 2 * cg, b)
-    out = torch.matmul(wblk, yg)  # (F, g, 2*O/g, B), rows (re/im, O/g)
-    return out.reshape(nf, g, 2, o // g, b).transpose(1, 2).reshape(*freq, 2, o, b)
-
-
-def _mix_backward(y, shape, wblk, g_out, need_y: bool, need_w: bool):
-    """Gradients of `_mix` with respect to y (of `shape`; only read if need_w) and wblk."""
-    nf, g = wblk.shape[:2]
-    c, b = shape[-2:]
-    o, cg = wblk.shape[2] // 2 * g, c // g
-    if g == 1:
-        g3 = g_out.reshape(nf, 2 * o, b)
-        w3 = wblk.reshape(nf, 2 * o, 2 * c)
-        gy = torch.bmm(w3.transpose(1, 2), g3).reshape(shape) if need_y else None
-        gw = torch.bmm(g3, y.reshape(nf, 2 * c, b).transpose(1, 2)).reshape(wblk.shape) if need_w else None
-        return gy, gw
-    gg = g_out.reshape(nf, 2, g, o // g, b).transpose(1, 2).reshape(nf, g, 2 * (o // g), b)
-    gy = gw = None
-    if need_y:
-        gy = torch.matmul(wblk.transpose(-1, -2), gg).reshape(nf, g, 2, cg, b).transpose(1, 2).reshape(shape)
-    if need_w:
-        yg = y.reshape(nf, 2, g, cg, b).transpose(1, 2).reshape(nf, g, 2 * cg, b)
-        gw = torch.matmul(gg, yg.transpose(-1, -2))
-    return gy, gw
-
-
-def _gemm_backward(m, t, shape, start, stop, g_out, need_t: bool, need_m: bool):
-    """Gradients of `_gemm(m, t, start, stop, mid)` w.r.t. t (of `shape`; read if need_m) and m."""
-    lead, q, tail = math.prod(shape[:start]), math.prod(shape[start:stop]), math.prod(shape[stop:])
-    p = m.shape[0]
-    g3 = g_out.reshape(lead, p, tail)
-    gt = gm = None
-    if lead == 1:
-        if need_t:
-            gt = (m.t() @ g3[0]).reshape(shape)
-        if need_m:
-            gm = g3[0] @ t.reshape(q, tail).t()
-    else:
-        if need_t:
-            gt = torch.bmm(m.t().expand(lead, q, p), g3).reshape(shape)
-        if need_m:
-            gm = torch.bmm(g3, t.reshape(lead, q, tail).transpose(1, 2)).sum(0)
-    return gt, gm
-
-
-def _run_stage(stage, t: torch.Tensor, mats, wblk) -> torch.Tensor:
-    if stage[0] == "mix":
-        return _mix(t, wblk)
-    _, i, start, stop, mid = stage
-    return _gemm(mats[i], t, start, stop, mid)
-
-
-class _DenseChain(torch.autograd.Function):
-    """The dense K-op's data path (K_in per axis, mixing, K_out per axis) with a lean backward.
-
-    A stage's input is saved only if its matrix needs a gradient (constant GEMM-DFT matrices or
-    frozen K-matrices need none). The spectrum leaving the channel mixing (the largest
-    intermediate) is recomputed in backward instead of saved, and with DENSE_RECOMPUTE = 2 the
-    one entering it too (one GEMM more); then the hand-written GEMM backward runs stage by stage.
-    """
-
-    @staticmethod
-    def forward(ctx, x, wblk, plan, *mats):
-        ts = [x]
-        for stage in plan:
-            ts.append(_run_stage(stage, ts[-1], mats, wblk))
-        k = next(i for i, st in enumerate(plan) if st[0] == "mix")
-        need = ctx.needs_input_grad
-        keep = [need[1] if st[0] == "mix" else need[3 + st[1]] for st in plan]
-        recompute = []
-        if keep[k + 1]:
-            keep[k + 1], keep[k] = False, True
-            recompute.append(k + 1)
-        if DENSE_RECOMPUTE == 2 and keep[k]:
-            keep[k], keep[k - 1] = False, True
-            recompute.insert(0, k)
-        ctx.plan, ctx.mix, ctx.recompute = plan, k, recompute
-        ctx.shapes = [t.shape for t in ts[: len(plan)]]
-        ctx.save_for_backward(wblk, *mats, *(t if kp else None for t, kp in zip(ts, keep)))
-        return ts[-1]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        plan = ctx.plan
-        saved = ctx.saved_tensors
-        nm = len(ctx.needs_input_grad) - 3
-        wblk, mats, ts = saved[0], saved[1 : 1 + nm], list(saved[1 + nm :])
-        for i in ctx.recompute:  # the mixing's input (k) and/or output (k + 1)
-            ts[i] = _run_stage(plan[i - 1], ts[i - 1], mats, wblk)
-        need = ctx.needs_input_grad
-        gmats: list[torch.Tensor | None] = [None] * nm
-        gw = None
-        for i in range(len(plan) - 1, -1, -1):
-            stage, t = plan[i], ts[i]
-            need_t = i > 0 or need[0]
-            if stage[0] == "mix":
-                g, gw = _mix_backward(t, ctx.shapes[i], wblk, g, need_t, need[1])
-            else:
-                _, j, start, stop, _ = stage
-                g, gm = _gemm_backward(mats[j], t, ctx.shapes[i], start, stop, g, need_t, need[3 + j])
-                gmats[j] = gm if gmats[j] is None or gm is None else gmats[j] + gm
-        return (g if need[0] else None), gw, None, *gmats
-
-
-def _realify(a: torch.Tensor, re_in: str | None, re_out: str | None) -> torch.Tensor:
-    """The complex p x q matrix `a` as a real matrix acting on re/im-stacked vectors.
-
-    re_in / re_out: where the re/im index sits in the column / row index: "first" ((re/im, k)),
-    "last" ((k, re/im)) or None (columns: the input is real; rows: keep only the real part).
-    Block form [[Re a, -Im a], [Im a, Re a]]: (2p or p) x (2q or q).
-    """
-    ar, ai = a.real, a.imag
-    t = torch.stack([torch.stack([ar, -ai]), torch.stack([ai, ar])])  # (r_out, r_in, p, q)
-    if re_in is None:
-        t = t[:, :1]
-    if re_out is None:
-        t = t[:1]
-    rows = (0, 2) if re_out != "last" else (2, 0)
-    cols = (1, 3) if re_in != "last" else (3, 1)
-    p, q = a.shape
-    return t.permute(*rows, *cols).reshape(t.shape[0] * p, t.shape[1] * q)
 
 
 def _pad_axis(t: torch.Tensor, axis: int, n: int) -> torch.Tensor:
@@ -484,8 +324,8 @@ class KOp(nn.Module):
             # F.pad takes (last axis left, right, previous axis left, right, ...).
             x = F.pad(x, [p for lr in reversed(self._pads) for p in lr], mode=self.padding_mode)
         if self.fixed:
-            gemm = max(p.n for p in self.plans) <= FIXED_GEMM_MAX_N and not x.is_complex()
-            y = self._forward_dense(x, fixed=True) if gemm else self._forward_fft(x)
+            use_gemm = max(p.n for p in self.plans) <= FIXED_GEMM_MAX_N and not x.is_complex()
+            y = self._forward_dense(x, fixed=True) if use_gemm else self._forward_fft(x)
         else:
             y = self._forward_kop(x)
         if self.bias is not None:
@@ -542,14 +382,14 @@ class KOp(nn.Module):
             ("gemm", 2 * d + a, a, a + 2, (2, k_out[a].shape[0] // 2) if a else (k_out[a].shape[0],))
             for a in range(d - 1, -1, -1)
         ]
-        lean = DENSE_RECOMPUTE and self.in_channels // self.groups <= LEAN_MAX_CHANNELS
+        lean = dense.DENSE_RECOMPUTE and self.in_channels // self.groups <= dense.LEAN_MAX_CHANNELS
         needs_grad = x.requires_grad or wblk.requires_grad or any(m.requires_grad for m in mats)
         if lean and torch.is_grad_enabled() and needs_grad:
-            z = _DenseChain.apply(y, wblk, tuple(plan), *mats)
+            z = DenseChain.apply(y, wblk, tuple(plan), *mats)
         else:
             z = y
             for stage in plan:
-                z = _run_stage(stage, z, mats, wblk)
+                z = run_stage(stage, z, mats, wblk)
         return z.permute(d + 1, d, *range(d))  # (*out, O, B) -> (B, O, *out)
 
     def _dense_operands(self, fixed: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -570,9 +410,9 @@ class KOp(nn.Module):
             mats = self._fixed_real_mats(self.weight.dtype, self.weight.device)
         else:
             cm = self._dense_mats()
-            mats = [_realify(cm[a], "first" if a else None, "last") for a in range(d)]
-            mats += [_realify(cm[d + a], "first" if a else None, "last") for a in range(d)]
-            mats += [_realify(cm[2 * d + a], "last", "first" if a else None) for a in range(d)]
+            mats = [realify(cm[a], "first" if a else None, "last") for a in range(d)]
+            mats += [realify(cm[d + a], "first" if a else None, "last") for a in range(d)]
+            mats += [realify(cm[2 * d + a], "last", "first" if a else None) for a in range(d)]
         value = (mats, self._weight_blocks(mats[d : 2 * d]))
         if cache is not None:
             cache.clear()  # holds at most one entry: the current parameters
@@ -587,7 +427,7 @@ class KOp(nn.Module):
         d = len(self.plans)
         w = self.weight.permute(*range(2, 2 + d), 0, 1).to(k_l[0].dtype)  # (*taps, O, C/g)
         for a in range(d):
-            w = _gemm(k_l[a], w, a, a + 1 + bool(a), (k_l[a].shape[0] // 2, 2))
+            w = gemm(k_l[a], w, a, a + 1 + bool(a), (k_l[a].shape[0] // 2, 2))
         freq = w.shape[:-3]
         o, cg = w.shape[-2:]
         g = self.groups
@@ -631,9 +471,9 @@ class KOp(nn.Module):
                             c[-1] = 1.0
                         finv = finv[:, :h] * c
                     rin = "first" if a else None
-                    mats[a] = _realify(f[:, list(p.in_cols)], rin, "last")
-                    mats[len(self.plans) + a] = _realify(f[:, list(p.tap_cols)], rin, "last")
-                    mats[2 * len(self.plans) + a] = _realify(finv[list(p.out_rows)], "last", "first" if a else None)
+                    mats[a] = realify(f[:, list(p.in_cols)], rin, "last")
+                    mats[len(self.plans) + a] = realify(f[:, list(p.tap_cols)], rin, "last")
+                    mats[2 * len(self.plans) + a] = realify(finv[list(p.out_rows)], "last", "first" if a else None)
                 cache.clear()
                 cache[key] = [m.to(device=device, dtype=dtype).contiguous() for m in mats]
         return cache[key]

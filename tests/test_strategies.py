@@ -96,7 +96,7 @@ def test_fixed_gemm_dft_equals_torch_fft(cls, kw, shape, monkeypatch):
 @pytest.mark.parametrize("recompute", [0, 2])
 @pytest.mark.parametrize("cls,kw,shape", CASES)
 def test_dense_backward_variants_agree(cls, kw, shape, recompute, monkeypatch):
-    import chrysalis.kop as kop
+    import chrysalis.dense as dense
 
     g = torch.Generator().manual_seed(3)
     op = KOp(shape[1], kw["out_channels"], kw["kernel_size"], shape[2:],
@@ -105,6 +105,6 @@ def test_dense_backward_variants_agree(cls, kw, shape, recompute, monkeypatch):
     x = torch.randn(shape, dtype=torch.float64, generator=g)
     lean = _grads(op, x)
     op.zero_grad()
-    monkeypatch.setattr(kop, "DENSE_RECOMPUTE", recompute)
+    monkeypatch.setattr(dense, "DENSE_RECOMPUTE", recompute)
     for a, b in zip(lean, _grads(op, x)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
