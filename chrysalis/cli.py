@@ -215,6 +215,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of every run.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads.")] = None,
     smoke: Annotated[bool, typer.Option(help="A seconds-long version (1 epoch, 128 examples).")] = False,
+    plots: Annotated[bool, typer.Option(help="Draw each K-op run's figures into RUN/plots.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """The main job: conv vs warm-started vs from-scratch K-op LeNet on MNIST and permuted MNIST."""
@@ -228,10 +229,13 @@ def demo(
     if limit_train is not None:
         options["limit_train"] = limit_train
     t0 = time.perf_counter()
-    rows = run_demo(out, smoke=smoke, **options)
+    rows = run_demo(out, smoke=smoke, plots=plots, **options)
     _print_table(rows)
     typer.echo(f"demo finished in {time.perf_counter() - t0:.0f}s; run directories under {out}/ "
                f"(table in {out / 'summary.md'})")
+    for r in rows:
+        if r.get("plots"):
+            typer.echo(f"figures: {r['plots']}")
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

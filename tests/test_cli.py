@@ -61,6 +61,10 @@ def test_demo_smoke(tmp_path):
     runs = [p for p in (tmp_path / "demo").iterdir() if p.is_dir()]
     assert len(runs) == 6 and all((p / "results.json").exists() for p in runs)
     assert (tmp_path / "demo" / "summary.md").read_text().count("\n| ") == 6  # six rows after the header
+    kop_runs = [p for p in runs if "-kop-" in p.name]
+    assert len(kop_runs) == 4 and all((p / "plots" / "kop_conv1_impulse.png").stat().st_size > 1000 for p in kop_runs)
+    assert all((p / "plots" / "permutation_conv1.png").exists() for p in kop_runs if p.name.startswith("permuted"))
+    assert "figures:" in result.output
 
 
 @pytest.mark.parametrize("args", [

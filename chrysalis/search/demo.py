@@ -58,10 +58,13 @@ def demo_configs(
     return configs
 
 
-def run_demo(out: str | Path = "runs/demo", *, smoke: bool = False, **options: Any) -> list[dict[str, Any]]:
+def run_demo(
+    out: str | Path = "runs/demo", *, smoke: bool = False, plots: bool = True, **options: Any
+) -> list[dict[str, Any]]:
     """Run the six demo runs (overwriting earlier demo runs in `out`); returns the table rows.
 
-    `smoke=True` is a seconds-long version (1 epoch on 128 examples) for tests.
+    `smoke=True` is a seconds-long version (1 epoch on 128 examples) for tests; `plots` draws each
+    K-op run's figures (`chrysalis plot`) into RUN/plots.
     """
     if smoke:
         options = {**SMOKE, **options}
@@ -82,6 +85,12 @@ def run_demo(out: str | Path = "runs/demo", *, smoke: bool = False, **options: A
             "run": config.out,
         })
     out = Path(out)
+    if plots:  # what each K-op found: impulse responses, K-matrices, the permutation figure, curves
+        from ..analysis.plots import plot_run
+
+        for r in rows:
+            if r["op"] == "kop":
+                r["plots"] = str(plot_run(r["run"])[0].parent)
     (out / "summary.json").write_text(json.dumps({"rows": rows, "wall_seconds": time.perf_counter() - t0},
                                                  indent=2) + "\n")
     (out / "summary.md").write_text(format_table(rows) + "\n")
