@@ -101,3 +101,16 @@ def test_cli_report(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| data | space | op | method | init | retrain |" in out
     assert (tmp_path / "a.md").read_text() == out and (tmp_path / "a.csv").is_file()
+
+
+def test_headline_best_fixed_against_best_kop(runs):
+    from chrysalis.analysis.report import headline
+
+    text = headline(aggregate(collect_runs([runs])))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| permuted-digits"))
+    conv = [results(runs / "nested" / "conv" / f"seed{s}")["final"]["test_acc"] for s in (0, 1)]
+    kop = [results(runs / "kop" / f"seed{s}")["final"]["test_acc"] for s in (0, 1)]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "conv" and cells[4] == "joint, warm start"
+    assert cells[7] == f"{100 * (statistics.mean(kop) - statistics.mean(conv)):+.1f}"
+    assert cells[-1] == "2"

@@ -201,10 +201,46 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def report(paths: list[str | Path], *, out: str | Path | None = None, csv_path: str | Path | None = None) -> str:
-    """Collect, aggregate and format; write the markdown to `out` and the CSV to `csv_path` if given."""
+def headline(rows: list[Row]) -> str:
+    """Per dataset: the best fixed baseline (op conv/fft) against the best K-op row, by mean test accuracy.
+
+    The research protocol's summary (DESIGN §3): "best" ranks rows by their mean test accuracy
+    (a K-op row by the better of its searched and retrained means); it chooses nothing during the
+    search. Gains are in points, for the searched model as is and after retraining.
+    """
+    by_data: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.key["retrain"] == "no":
+            by_data.setdefault(r.key["data"], []).append(r)
+    lines = ["| data | space | best fixed | test acc % | best K-op | test acc % | retrain test acc % "
+             "| gain (points) | gain after retrain | seeds |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for data, rs in by_data.items():
+        fixed = [r for r in rs if r.key["op"] in ("conv", "fft") and r.stats["test_acc"][0] is not None]
+        kop = [r for r in rs if r.key["op"] == "kop" and r.stats["test_acc"][0] is not None]
+        if not fixed or not kop:
+            continue
+        f = max(fixed, key=lambda r: r.stats["test_acc"][0])
+        k = max(kop, key=lambda r: max(r.stats["test_acc"][0], r.stats["retrain_test_acc"][0] or 0.0))
+        base, searched, retrained = f.stats["test_acc"][0], k.stats["test_acc"][0], k.stats["retrain_test_acc"][0]
+        name = f"{k.key['method']}, {'warm start' if k.key['init'] == 'conv' else 'from scratch'}"
+        cells = [data, f.key["space"], f.key["op"], _fmt(f.stats["test_acc"], True, len(f.runs)), name,
+                 _fmt(k.stats["test_acc"], True, len(k.runs)), _fmt(k.stats["retrain_test_acc"], True, len(k.runs)),
+                 f"{100 * (searched - base):+.1f}", "-" if retrained is None else f"{100 * (retrained - base):+.1f}",
+                 str(min(len(f.runs), len(k.runs)))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(
+    paths: list[str | Path], *, out: str | Path | None = None, csv_path: str | Path | None = None,
+    headline_only: bool = False,
+) -> str:
+    """Collect, aggregate and format; write the markdown to `out` and the CSV to `csv_path` if given.
+
+    `headline_only`: the per-dataset best-fixed vs best-K-op summary instead of the full table.
+    """
     rows = aggregate(collect_runs(paths))
-    text = to_markdown(rows)
+    text = headline(rows) if headline_only else to_markdown(rows)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
@@ -214,5 +250,5 @@ def report(paths: list[str | Path], *, out: str | Path | None = None, csv_path: 
     return text
 
 
-__all__ = ["GROUP_KEYS", "METRICS", "Row", "RunRecord", "aggregate", "collect_runs", "mean_std", "report",
+__all__ = ["GROUP_KEYS", "METRICS", "Row", "RunRecord", "aggregate", "collect_runs", "headline", "mean_std", "report",
            "to_csv", "to_markdown"]

@@ -16,8 +16,9 @@ def register(app: typer.Typer) -> None:
         runs: Annotated[list[Path], typer.Argument(help="Run directories, or directories holding runs.")],
         out: Annotated[Path | None, typer.Option(help="Write the markdown table here.")] = None,
         csv: Annotated[Path | None, typer.Option("--csv", help="Write a CSV table here.")] = None,
+        headline: Annotated[bool, typer.Option(help="Per dataset: best fixed baseline vs best K-op only.")] = False,
     ) -> None:
         """Aggregate runs (searched recursively for results.json) into a mean ± std table per setting."""
         from ..analysis.report import report as make_report
 
-        typer.echo(make_report(list(runs), out=out, csv_path=csv), nl=False)
+        typer.echo(make_report(list(runs), out=out, csv_path=csv, headline_only=headline), nl=False)
