@@ -16,10 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
 RESULTS_NAME = "results.json"
@@ -31,20 +29,11 @@ class AnalysisError(ValueError):
 
 # --------------------------------------------------------------------------- files
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved config (`config.yaml`) of a run directory, as a plain dict."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise AnalysisError(f"run directory not found: {run_dir}")
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise AnalysisError(f"{run_dir} is not a run directory (no {CONFIG_NAME})")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise AnalysisError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise AnalysisError(f"{path} does not hold a mapping of config keys")
-    return config
+    """The resolved config (`config.yaml`) of a run directory, as a plain dict (read and validated
+    by the search engine's own `load_run_config`)."""
+    from ..search.runs import load_run_config
+
+    return load_run_config(run_dir).to_dict()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
