@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from chrysalis.analysis.plots import effective_operators, expected_figures, impulse_response, plot_run
+from chrysalis.analysis.plots import effective_operators, expected_figures, impulse_response, locality, plot_run
 from chrysalis.cli import main
 from chrysalis.kop import KOp
 from chrysalis.search import run_search
@@ -61,6 +61,23 @@ def test_warm_start_operators_are_the_convs():
     # a conv's impulse response is its flipped filter around the impulse
     y = impulse_response(op, 1, (8, 8), 0)
     assert torch.allclose(y[0, 3:6, 3:6], op.weight[0, 0].flip(0, 1), atol=1e-6)
+
+
+def test_locality_counts_energy_inside_the_receptive_field():
+    # a conv is fully local; a 5x5 filter around a 3x3 conv's kernel puts energy outside it:
+    # taps 1 on the central 3x3 (energy 9) and 2 on one outer tap (energy 4) -> 9 / 13
+    torch.manual_seed(0)
+    assert locality(KOp(2, 3, 3, (12, 12), padding=1, depth=2).double()) == pytest.approx(1.0, abs=1e-9)
+    op = KOp(1, 1, 3, (16, 16), padding=2, max_kernel_size=5, fixed=True, bias=False).double()
+    with torch.no_grad():
+        op.weight.zero_()
+        op.weight[0, 0, 1:4, 1:4] = 1.0
+        op.weight[0, 0, 0, 4] = 2.0
+    assert locality(op) == pytest.approx(9 / 13, abs=1e-9)
+    # strided and grouped: the receptive field is where the strided conv can see the impulse
+    assert locality(KOp(4, 4, 3, (15, 15), stride=2, groups=2).double()) == pytest.approx(1.0, abs=1e-9)
+    # a random (from scratch) op spreads its response over the whole output
+    assert locality(KOp(1, 2, 3, (16, 16), padding=1, init="random").double()) < 0.5
 
 
 def test_cli_plot(runs, tmp_path, capsys):

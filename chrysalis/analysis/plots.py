@@ -10,7 +10,8 @@ Figures (PNG, matplotlib's Agg canvas, no pyplot state touched):
 - per K-op layer `<layer>`:
   - `kop_<layer>_impulse.png`: the response to a unit impulse at the centre of one input
     channel, for a few (output, input) channel pairs: the searched op, the convolution with the
-    same filter, and the op at step 0 (bias removed: op(delta) - op(0)).
+    same filter, and the op at step 0 (bias removed: op(delta) - op(0)); the title gives each
+    op's `locality` (the share of its impulse-response energy inside the conv's receptive field).
   - `kop_<layer>_operators.png`: per axis and filter tap t, the effective operator
     M_t = K_out diag(L e_t) K_in (real part, the rows/columns the op reads) next to the
     convolution's, which is a shift matrix.
@@ -147,6 +148,29 @@ def impulse_response(op: nn.Module, in_channels: int, input_size: tuple[int, ...
     return y[0] - y[1]
 
 
+@torch.no_grad()
+def locality(op: KOp) -> float:
+    """Share of `op`'s impulse-response energy that falls inside its convolution's receptive field.
+
+    For a unit impulse at the centre of each input channel in turn, the energy of op(delta) - op(0)
+    at the output positions (and channels) a conv with `op`'s kernel_size, stride, dilation,
+    padding and groups can reach from that pixel, over the energy at all outputs. 1.0 for any
+    convolution (a K-op at its warm start), about |receptive field| / |output| for an op that
+    spreads its response evenly; a number for "is the searched op still local?".
+    """
+    reach = KOp(op.in_channels, op.out_channels, op.kernel_size, op.input_size, stride=op.stride,
+                padding=op.padding, dilation=op.dilation, groups=op.groups, bias=False,
+                padding_mode=op.padding_mode, fixed=True, dtype=op.weight.dtype).eval()
+    reach.weight.fill_(1.0)  # positive taps: nonzero exactly on the receptive field, no cancellation
+    inside = total = 0.0
+    for c in range(op.in_channels):
+        energy = impulse_response(op, op.in_channels, op.input_size, c).double() ** 2
+        mask = impulse_response(reach, op.in_channels, op.input_size, c).abs() > 1e-6
+        inside += float(energy[mask].sum())
+        total += float(energy.sum())
+    return inside / total if total > 0 else 1.0
+
+
 def _pairs(op: KOp) -> list[tuple[int, int]]:
     """A few (output, input) channel pairs that are connected (same group)."""
     out_per_group = op.out_channels // op.groups
@@ -197,8 +221,10 @@ def plot_impulse(name: str, op: KOp, op0: KOp | None, path: Path) -> Path:
             ax.set_ylabel("output row", fontsize=7)
         fig.colorbar(im, ax=list(axes[r]), shrink=0.8, label="response")
     centre = tuple(s // 2 for s in op.input_size)
+    local = f"searched {locality(op):.0%}" + (f", step 0 {locality(op0):.0%}" if op0 is not None else "")
     fig.suptitle(f"{name}: response to a unit impulse at {centre} of one input channel (bias removed)"
-                 + (" - middle slice" if dims == 3 else ""), fontsize=9)
+                 + (" - middle slice" if dims == 3 else "")
+                 + f"\nenergy inside the conv's receptive field: {local}", fontsize=9)
     return _save(fig, path)
 
 
