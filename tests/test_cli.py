@@ -116,6 +116,6 @@ def test_configs_are_valid(path):
 
 def test_there_is_a_config_per_experiment():
     expected = {"lenet-mnist5k", "lenet-permuted-mnist5k", "lenet-fashion-mnist", "lenet-permuted-fashion-mnist",
-                "spherical-mnist5k-nr-r", "spherical-mnist5k-r-r", "kimcnn-bbc-news", "lenet-cifar10",
-                "lenet-cifar100", "resnet20-cifar10"}
+                "spherical-mnist5k-nr-r", "spherical-mnist5k-r-r", "spherical-fashion-mnist-r-r", "kimcnn-bbc-news",
+                "lenet-cifar10", "lenet-cifar100", "resnet20-cifar10"}
     assert expected <= {p.stem for p in CONFIGS}

@@ -92,9 +92,17 @@ def test_trial_names_configs_and_base_file(tmp_path):
 
 def test_shipped_sweep_files_are_valid():
     files = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
-    assert files
-    for path in files:
+    reproduce = sorted((REPO / "configs" / "reproduce").glob("*.yaml"))
+    assert files and len(reproduce) >= 8
+    for path in files + reproduce:
         assert load_sweep(path).trials()
+    # every reproduction task runs the same methods on 3 seeds, each K-op search with its retrain
+    for path in reproduce:
+        trials = load_sweep(path).trials()
+        assert {t.config["seed"] for t in trials} == {0, 1, 2}
+        assert {(t.config["op"], t.config["method"]) for t in trials} >= {("conv", "fixed"), ("fft", "fixed"),
+                                                                            ("kop", "joint")}
+        assert all(t.retrain == (t.config["op"] == "kop") for t in trials)
     pmnist = load_sweep(REPO / "configs" / "sweeps" / "pmnist.yaml").trials()
     assert len(pmnist) == 15 and pmnist[0].name == "conv/seed0" and pmnist[0].config["epochs"] == 20
     assert pmnist[0].config["data"] == "permuted-mnist5k"
