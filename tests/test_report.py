@@ -114,3 +114,16 @@ def test_headline_best_fixed_against_best_kop(runs):
     assert cells[2] == "conv" and cells[4] == "joint, warm start"
     assert cells[7] == f"{100 * (statistics.mean(kop) - statistics.mean(conv)):+.1f}"
     assert cells[-1] == "2"
+
+
+def test_spherical_rotation_settings_are_separate_tasks(tmp_path):
+    cfg = dict(RUN, data="spherical-digits", space="spherical", space_options={}, op="conv", method="fixed")
+    cfg["data_options"] = {"grid": 8}
+    for rotation in ("NR/R", "R/R"):
+        run_search(SearchConfig(**{**cfg, "data_options": {"grid": 8, "rotation": rotation}},
+                                out=str(tmp_path / rotation.replace("/", "") / "seed0")))
+    run_search(SearchConfig(**cfg, out=str(tmp_path / "default" / "seed0")))  # the default rotation: NR/NR
+    rows = aggregate(collect_runs([tmp_path]))
+    assert sorted(r.key["data"] for r in rows) == ["spherical-digits NR/NR", "spherical-digits NR/R",
+                                                   "spherical-digits R/R"]
+    assert all(len(r.runs) == 1 and not r.differs for r in rows)

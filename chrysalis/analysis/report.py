@@ -68,8 +68,11 @@ def _group_key(results: dict[str, Any]) -> dict[str, str]:
     op = str(results.get("op", config.get("op", "?")))
     init = results.get("init", config.get("init", "?")) if op == "kop" else "-"
     retrain = bool(results.get("retrain_of") or config.get("arch_from"))
+    data = str(config.get("data", (results.get("data") or {}).get("name", "?")))
+    # spherical data: NR/NR, NR/R and R/R are different tasks (the resolved options, defaults included)
+    rotation = ((results.get("data") or {}).get("options") or config.get("data_options") or {}).get("rotation")
     return {
-        "data": str(config.get("data", (results.get("data") or {}).get("name", "?"))),
+        "data": f"{data} {rotation}" if rotation else data,
         "space": str(config.get("space", "?")),
         "op": op,
         "method": str(results.get("method", config.get("method", "?"))),
