@@ -7,7 +7,14 @@ import struct
 import pytest
 import torch
 
-from chrysalis.analysis.plots import effective_operators, expected_figures, impulse_response, locality, plot_run
+from chrysalis.analysis.plots import (
+    compare_figure,
+    effective_operators,
+    expected_figures,
+    impulse_response,
+    locality,
+    plot_run,
+)
 from chrysalis.cli import main
 from chrysalis.kop import KOp
 from chrysalis.search import run_search
@@ -86,3 +93,25 @@ def test_cli_plot(runs, tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("chrysalis: error:") and "config.yaml" in err and "Traceback" not in err
+
+
+def test_compare_draws_each_runs_accuracy(runs, tmp_path, capsys):
+    import json
+
+    from chrysalis.analysis import AnalysisError
+
+    dirs = sorted(p.parent for p in runs.rglob("metrics.jsonl"))
+    assert len(dirs) >= 2
+    fig = compare_figure(dirs)
+    ax_train, ax_val = fig.axes[:2]
+    for d, line in zip(dirs, ax_val.get_lines()):
+        metrics = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        assert list(line.get_ydata()) == [m["val_acc"] for m in metrics]
+        assert line.get_label() != "" and line.get_label() in {t.get_text() for t in ax_val.get_legend().get_texts()}
+    assert len({line.get_label() for line in ax_val.get_lines()}) == len(dirs)  # labels tell runs apart
+    with pytest.raises(AnalysisError, match="labels"):
+        compare_figure(dirs, labels=["one"])
+    assert main(["plot", *map(str, dirs[:2]), "--compare-only", "--out", str(tmp_path / "cmp")]) == 0
+    assert "2 runs compared" in capsys.readouterr().out and (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
+    assert main(["plot", str(dirs[0]), str(tmp_path), "--compare-only", "--out", str(tmp_path / "cmp")]) == 1
+    assert "Traceback" not in capsys.readouterr().err

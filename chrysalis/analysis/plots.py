@@ -6,6 +6,8 @@
 Figures (PNG, matplotlib's Agg canvas, no pyplot state touched):
 
 - `curves.png`: train/val loss and accuracy over epochs (every run).
+- `compare.png` (`plot_compare`, `chrysalis plot RUN RUN ...`): train and val accuracy of
+  several runs over epochs, one colour per run.
 - `conv_distance.png`: each K-op's `conv_distance()` over epochs, epoch 0 = the model at step 0.
 - per K-op layer `<layer>`:
   - `kop_<layer>_impulse.png`: the response to a unit impulse at the centre of one input
@@ -38,7 +40,7 @@ from torch import nn
 from ..chrysalize import kops
 from ..kmatrix import KMatrix, bit_reversal_permutation
 from ..kop import KOp
-from .runs import LoadedRun, finite, load_run
+from .runs import AnalysisError, LoadedRun, finite, load_run, read_config, read_metrics
 
 MAX_PAIRS = 3  # channel pairs in the impulse-response figure
 MAX_TAPS = 3  # filter taps per axis in the operator figure
@@ -104,6 +106,48 @@ def plot_curves(run: LoadedRun, path: Path) -> Path:
         ax_loss.text(0.5, 0.5, "no finished epoch yet", ha="center", va="center", transform=ax_loss.transAxes)
     fig.suptitle(_title(run), fontsize=9)
     return _save(fig, path)
+
+
+def compare_figure(run_dirs: list[str | Path], labels: list[str] | None = None) -> Figure:
+    """The figure of `plot_compare`: axes[0] training, axes[1] validation accuracy, a line per run."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise AnalysisError("plot_compare: no run directories given")
+    if labels is None:  # the directories' names, with as many parent folders as make them unique
+        depth = 1
+        while depth < 8 and len({"/".join(d.parts[-depth:]) for d in dirs}) < len(dirs):
+            depth += 1
+        labels = ["/".join(d.parts[-depth:]) for d in dirs]
+    if len(labels) != len(dirs):
+        raise AnalysisError(f"plot_compare: {len(labels)} labels for {len(dirs)} runs")
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax_train, ax_val = fig.subplots(1, 2, sharey=True)
+    for i, (d, label) in enumerate(zip(dirs, labels)):
+        read_config(d)  # a clear error for a directory that is not a run
+        metrics = read_metrics(d)
+        for ax, key in ((ax_train, "train_acc"), (ax_val, "val_acc")):
+            pts = [(m["epoch"], m[key]) for m in metrics if finite(m.get(key))]
+            if pts:
+                ax.plot(*zip(*pts), "-o", ms=2.5, color=f"C{i % 10}", label=label)
+    for ax, title in ((ax_train, "training accuracy"), (ax_val, "validation accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    ax_train.set_ylabel("accuracy")
+    ax_val.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{len(dirs)} runs", fontsize=9)
+    return fig
+
+
+def plot_compare(run_dirs: list[str | Path], path: str | Path, labels: list[str] | None = None) -> Path:
+    """Train and val accuracy over epochs of several runs in one PNG, one colour per run.
+
+    `labels` default to the run directories' names (with parent folders where needed to tell
+    them apart). Reads only config.yaml and metrics.jsonl: works on unfinished runs.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(compare_figure(run_dirs, labels), path)
 
 
 def plot_conv_distance(run: LoadedRun, path: Path, initial: dict[str, float]) -> Path:
