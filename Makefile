@@ -42,8 +42,10 @@ fashion-mnist:
 
 # The paper's experiments on the real data available here (docs/RESULTS.md): one sweep per task
 # (configs/reproduce/*.yaml); finished trials are skipped, so an interrupted run just continues.
+# One single-threaded trial per core (WORKERS=N to change).
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 reproduce: $(STAMP) fashion-mnist
-	status=0; for f in configs/reproduce/*.yaml; do $(BIN)/chrysalis sweep $$f || status=1; done; \
+	status=0; for f in configs/reproduce/*.yaml; do $(BIN)/chrysalis sweep $$f --workers $(WORKERS) || status=1; done; \
 	$(BIN)/chrysalis report runs/reproduce --out runs/reproduce/report.md --csv runs/reproduce/report.csv; \
 	exit $$status
 
