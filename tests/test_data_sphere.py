@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from chrysalis.data import get_dataset, sphere
+from chrysalis.data import get_dataset, pipeline, sphere
 from chrysalis.data.images import load_mnist5k
 
 H = 28
@@ -141,3 +141,36 @@ def test_spherical_mnist5k_rotations(rotation):
     # deterministic across calls and independent of the limit chosen for the other splits
     again = get_dataset("spherical-mnist5k", "test", rotation=rotation, limit=120, grid=20, pad_to=32)
     assert torch.equal(again.inputs, test.inputs)
+
+
+def test_train_rotations_add_independently_rotated_copies_of_the_training_images():
+    opts = {"rotation": "R/R", "limit": 60, "grid": 12}
+    one = {s: get_dataset("spherical-mnist5k", s, **opts) for s in ("train", "val", "test")}
+    three = {s: get_dataset("spherical-mnist5k", s, train_rotations=3, **opts) for s in ("train", "val", "test")}
+    n = len(one["train"])
+    assert three["train"].inputs.shape == (3 * n, 1, 12, 12)
+    assert torch.equal(three["train"].targets, one["train"].targets.repeat(3))
+    assert torch.equal(three["train"].indices, one["train"].indices.repeat(3))
+
+    def planar_units(ds):  # undo each dataset's own normalisation (the statistics differ)
+        return ds.inputs * ds.normalization["std"][0] + ds.normalization["mean"][0]
+
+    first = planar_units(three["train"])
+    torch.testing.assert_close(first[:n], planar_units(one["train"]), atol=1e-5, rtol=0)  # copy 0 = the set
+    # copies 1, 2: the same digits under other rotations, each equal to an explicit projection
+    raw = load_mnist5k()
+    planar = torch.from_numpy(raw.train_x[one["train"].indices.numpy()]).float() / 255
+    for copy in (1, 2):
+        block = first[copy * n:(copy + 1) * n]
+        assert (block - first[:n]).abs().amax(dim=(1, 2, 3)).min() > 0.1  # every image moved
+        rot = pipeline._rotations(0, 0, copy, 5000)[one["train"].indices]
+        torch.testing.assert_close(block, sphere.project(planar, 12, rot), atol=1e-5, rtol=0)
+    assert not torch.allclose(first[n:2 * n], first[2 * n:])
+    for split in ("val", "test"):  # only the training split is augmented
+        torch.testing.assert_close(planar_units(three[split]), planar_units(one[split]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("rotation,copies", [("NR/R", 2), ("NR/NR", 3), ("R/R", 0), ("R/R", 1.5)])
+def test_train_rotations_bad_values_are_refused(rotation, copies):
+    with pytest.raises(ValueError, match="train_rotations"):
+        get_dataset("spherical-mnist5k", "train", rotation=rotation, train_rotations=copies, grid=12, limit=20)

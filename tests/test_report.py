@@ -123,7 +123,11 @@ def test_spherical_rotation_settings_are_separate_tasks(tmp_path):
         run_search(SearchConfig(**{**cfg, "data_options": {"grid": 8, "rotation": rotation}},
                                 out=str(tmp_path / rotation.replace("/", "") / "seed0")))
     run_search(SearchConfig(**cfg, out=str(tmp_path / "default" / "seed0")))  # the default rotation: NR/NR
+    # rotation-augmented training (train_rotations > 1) is another recipe on the same task: its own row
+    run_search(SearchConfig(**{**cfg, "data_options": {"grid": 8, "rotation": "R/R", "train_rotations": 2}},
+                            out=str(tmp_path / "RR2" / "seed0")))
     rows = aggregate(collect_runs([tmp_path]))
     assert sorted(r.key["data"] for r in rows) == ["spherical-digits NR/NR", "spherical-digits NR/R",
-                                                   "spherical-digits R/R"]
+                                                   "spherical-digits R/R",
+                                                   "spherical-digits R/R (2 train rotations)"]
     assert all(len(r.runs) == 1 and not r.differs for r in rows)

@@ -70,7 +70,10 @@ def _group_key(results: dict[str, Any]) -> dict[str, str]:
     retrain = bool(results.get("retrain_of") or config.get("arch_from"))
     data = str(config.get("data", (results.get("data") or {}).get("name", "?")))
     # spherical data: NR/NR, NR/R and R/R are different tasks (the resolved options, defaults included)
-    rotation = ((results.get("data") or {}).get("options") or config.get("data_options") or {}).get("rotation")
+    options = (results.get("data") or {}).get("options") or config.get("data_options") or {}
+    rotation = options.get("rotation")
+    if rotation and options.get("train_rotations", 1) > 1:  # rotation-augmented training: another recipe
+        rotation = f"{rotation} ({options['train_rotations']} train rotations)"
     return {
         "data": f"{data} {rotation}" if rotation else data,
         "space": str(config.get("space", "?")),

@@ -95,7 +95,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {"val_fraction": 0.1, "split_seed": 0, "limit
 _VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "permuted": {"permute_seed": 0},
     "shuffled": {"permute_seed": 0},
-    "spherical": {"grid": 60, "rotation": "NR/NR", "rotation_seed": 0},
+    "spherical": {"grid": 60, "rotation": "NR/NR", "rotation_seed": 0, "train_rotations": 1},
 }
 ROTATIONS = ("NR/NR", "NR/R", "R/R")
 
@@ -146,6 +146,14 @@ def _resolve_options(name: str, spec: _Spec, variant: str | None, given: dict[st
         options.pop("pad_to")  # the grid defines the size
         if options["rotation"] not in ROTATIONS:
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {options['rotation']!r}")
+        copies = options["train_rotations"]
+        if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
+            raise ValueError(f"train_rotations must be an int >= 1, got {copies!r}")
+        if copies > 1 and options["rotation"] != "R/R":
+            raise ValueError(
+                f"train_rotations={copies} rotates the training images, which rotation "
+                f"{options['rotation']!r} keeps unrotated; use rotation='R/R' or train_rotations=1"
+            )
     for key in ("split_seed", "permute_seed", "rotation_seed", "grid", "max_len", "min_freq"):
         if key in options and not isinstance(options[key], int):
             raise TypeError(f"{name}: option {key} must be an int, got {options[key]!r}")
@@ -191,7 +199,8 @@ def get_dataset(
       per split, a stratified seeded choice - for quick experiments and tests);
     * images: ``pad_to`` (None; centred zero padding to a square, e.g. 32 for LeNet);
       ``permuted-*``/``shuffled-*``: ``permute_seed`` (0); ``spherical-*``: ``grid`` (60),
-      ``rotation`` ("NR/NR" | "NR/R" | "R/R", train/test), ``rotation_seed`` (0);
+      ``rotation`` ("NR/NR" | "NR/R" | "R/R", train/test), ``rotation_seed`` (0),
+      ``train_rotations`` (1; with "R/R", k independently rotated copies of each training image);
       ``cifar100``: ``label_mode`` ("fine" | "coarse");
     * text: ``max_len`` (64 for sentences, 400 for bbc-news), ``max_vocab`` (None), ``min_freq`` (1).
 

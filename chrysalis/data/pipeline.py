@@ -116,6 +116,19 @@ def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, tor
     return mean, std
 
 
+def _rotations(rotation_seed: int, source: int, copy: int, count: int) -> torch.Tensor:
+    """The random rotations of every item of a source part, ``(count, 3, 3)``.
+
+    Drawn for every item of the source array (then indexed by the caller): the rotation of an
+    image depends only on ``rotation_seed``, its source part, its index there and, for the extra
+    training copies of ``train_rotations``, the copy number. Copy 0 is the dataset's one rotation.
+    """
+    seed = 2 * rotation_seed + source
+    if copy:  # an independent stream per extra copy, never one of copy 0's seeds
+        seed = int(np.random.SeedSequence([rotation_seed, source, copy]).generate_state(1)[0]) | (1 << 40)
+    return sphere.random_rotations(count, generator=torch.Generator().manual_seed(seed))
+
+
 def build_images(
     name: str,
     raw: RawImages,
@@ -128,7 +141,8 @@ def build_images(
     Order: uint8 pixels -> ``pad_to`` (zeros, i.e. background) -> permutation/shuffle (still
     uint8, exact) or spherical projection (of pixels scaled to [0, 1]) -> per-channel
     normalisation with the mean/std of the *train* split (after the val carve) of that final
-    representation.
+    representation. ``train_rotations`` (spherical R/R only) = k puts k independently rotated
+    copies of each training image into the train split (rotation augmentation, done once).
     """
     pools = make_pools(
         raw.train_y, raw.test_y, heldout, options["val_fraction"], options["split_seed"], options.get("limit")
@@ -142,17 +156,20 @@ def build_images(
 
     if variant == "spherical":
         rotate = {"NR/NR": (), "NR/R": ("test",), "R/R": ("train", "val", "test")}[options["rotation"]]
+        copies = options.get("train_rotations", 1)
         for split, (x, y) in splits.items():
-            rotations = None
-            if split in rotate:
-                # Rotations drawn for every item of the source array, then indexed: the rotation
-                # of an image depends only on rotation_seed, its source part and its index there.
-                src = pools.source[split]
-                g = torch.Generator().manual_seed(2 * options["rotation_seed"] + src)
-                all_rotations = sphere.random_rotations(len(ys[src]), generator=g)
-                rotations = all_rotations[torch.from_numpy(pools.index[split])]
             planar = x.to(torch.float32) / raw.max_value
-            splits[split] = (sphere.project(planar, options["grid"], rotations), y)
+            if split not in rotate:
+                splits[split] = (sphere.project(planar, options["grid"]), y)
+                continue
+            src, idx = pools.source[split], torch.from_numpy(pools.index[split])
+            views = []
+            for copy in range(copies if split == "train" else 1):
+                rotations = _rotations(options["rotation_seed"], src, copy, len(ys[src]))[idx]
+                views.append(sphere.project(planar, options["grid"], rotations))
+            splits[split] = (torch.cat(views), y.repeat(len(views)))
+        if copies > 1:  # item k * N + i is copy k of training image i
+            pools.index["train"] = np.tile(pools.index["train"], copies)
         mean, std = channel_stats(splits["train"][0])  # in units of the [0, 1] planar pixels
     else:
         if options.get("pad_to") is not None:
