@@ -96,12 +96,16 @@ def test_shipped_sweep_files_are_valid():
     assert files and len(reproduce) >= 8
     for path in files + reproduce:
         assert load_sweep(path).trials()
-    # every reproduction task runs the same methods on 3 seeds, each K-op search with its retrain
+    # every reproduction task runs the protocol's five methods (issue 6) on 3 seeds, each K-op search
+    # with its retrain
+    protocol = {("conv", "fixed", None), ("fft", "fixed", None), ("kop", "joint", "conv"), ("kop", "joint", "random"),
+                ("kop", "bilevel", "conv")}
     for path in reproduce:
         trials = load_sweep(path).trials()
         assert {t.config["seed"] for t in trials} == {0, 1, 2}
-        assert {(t.config["op"], t.config["method"]) for t in trials} >= {("conv", "fixed"), ("fft", "fixed"),
-                                                                            ("kop", "joint")}
+        methods = {(t.config["op"], t.config["method"], t.config["init"] if t.config["op"] == "kop" else None)
+                   for t in trials}
+        assert methods == protocol, path.name
         assert all(t.retrain == (t.config["op"] == "kop") for t in trials)
     pmnist = load_sweep(REPO / "configs" / "sweeps" / "pmnist.yaml").trials()
     assert len(pmnist) == 15 and pmnist[0].name == "conv/seed0" and pmnist[0].config["epochs"] == 20
