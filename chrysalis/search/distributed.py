@@ -161,9 +161,16 @@ def distributed_session(backend: str = "auto", device: str = "cpu",
         torch.cuda.set_device(local_rank)
     dist.init_process_group(name, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(minutes=timeout_minutes))
+    finished = False
     try:
         yield DistContext(rank, world, local_rank, name)
+        finished = True
     finally:
+        if finished:
+            # Leave together: a rank that tears its gloo pairs down while another rank's are still
+            # open can abort that rank at exit ("terminate called without an active exception").
+            # Not after an error: the other ranks may never arrive, and the timeout would hide it.
+            dist.barrier()
         dist.destroy_process_group()
 
 
