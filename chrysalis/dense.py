@@ -18,6 +18,9 @@ import torch
 # cheap to redo and the spectra dominate memory (docs/PERFORMANCE.md).
 DENSE_RECOMPUTE = 1
 LEAN_MAX_CHANNELS = 32
+# Filter spectrum layout in the mixing: "auto" (by `mix_form`), or force "block" / "stacked".
+MIX_FORM = "auto"
+BATCH_LAST_MIN_NUMEL = 1 << 18  # below: one permuting copy is faster than two (see `batch_last`)
 
 
 def gemm(m: torch.Tensor, t: torch.Tensor, start: int, stop: int, mid: tuple[int, ...]) -> torch.Tensor:
@@ -36,16 +39,90 @@ def gemm(m: torch.Tensor, t: torch.Tensor, start: int, stop: int, mid: tuple[int
     return out.reshape(*shape[:start], *mid, *shape[stop:])
 
 
+def batch_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *S) -> contiguous (*S, C, B), in two cache-friendly copies.
+
+    One strided copy of the permutation walks the input with a stride of C*S elements per
+    output entry (6.5 ms for Kim-CNN's 50 x 300 x 64 input, 1 thread); a 2-D transpose
+    (B, C*S) -> (C*S, B) followed by swapping (C, S) in whole B-runs takes 1.0 ms. Small inputs
+    (<= BATCH_LAST_MIN_NUMEL entries) are faster in one copy.
+    """
+    b, c, *size = x.shape
+    if x.numel() <= BATCH_LAST_MIN_NUMEL:
+        return x.permute(*range(2, x.dim()), 1, 0).contiguous()
+    y = x.reshape(b, c * math.prod(size)).t().contiguous().view(c, -1, b)
+    return y.transpose(0, 1).contiguous().view(*size, c, b)
+
+
+def batch_first(z: torch.Tensor) -> torch.Tensor:
+    """The inverse of `batch_last`: (*S, C, B) -> contiguous (B, C, *S)."""
+    *size, c, b = z.shape
+    if z.numel() <= BATCH_LAST_MIN_NUMEL:
+        return z.permute(z.dim() - 1, z.dim() - 2, *range(z.dim() - 2)).contiguous()
+    y = z.reshape(-1, c, b).transpose(0, 1).contiguous().view(-1, b)  # (C*S, B)
+    return y.t().contiguous().view(b, c, *size)
+
+
+class BatchLast(torch.autograd.Function):
+    """`batch_last` whose backward is `batch_first` (the same fast copies, not a permute)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return batch_last(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return batch_first(g)
+
+
+class BatchFirst(torch.autograd.Function):
+    """`batch_first` whose backward is `batch_last`."""
+
+    @staticmethod
+    def forward(ctx, z):
+        return batch_first(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        return batch_last(g)
+
+
+def mix_form(out_per_group: int, batch: int) -> str:
+    """How the mixing holds the filter spectrum: "block" or "stacked" (see `_mix`).
+
+    The 2O x 2C block matrix costs a copy of four weight-sized tensors per forward (and their
+    backward): cheap when the data dominate (LeNet, ResNet: batch >> channels), the largest
+    non-GEMM cost when the weights do (Kim-CNN: 300 x 100 channels, batch 50, 64 frequencies).
+    """
+    if MIX_FORM != "auto":
+        return MIX_FORM
+    return "stacked" if 2 * out_per_group > batch else "block"
+
+
 def _mix(y: torch.Tensor, wblk: torch.Tensor) -> torch.Tensor:
     """Per-frequency complex channel mixing on real re/im layouts.
 
-    y (*f, 2, C, B), wblk (F, g, 2O/g, 2C/g) -> (*f, 2, O, B): out = W y per frequency, as one
-    real batched GEMM with the 2O x 2C block matrix [[Wr, -Wi], [Wi, Wr]].
+    y (*f, 2, C, B) -> (*f, 2, O, B), out = W y per frequency, with the filter spectrum W as
+    - "block" wblk (F, g, 2O/g, 2C/g): the real block matrix [[Wr, -Wi], [Wi, Wr]], one real
+      batched GEMM;
+    - "stacked" wblk (F, g, 2O/g, C/g): [Wr; Wi] as it leaves L (no copy). Then
+      W y = [Wr; Wi] yr + J([Wr; Wi] yi) with J(a; b) = (-b; a): two GEMMs of half the depth
+      (the same flops) and two adds on the small output.
     """
     freq = y.shape[:-3]
     c, b = y.shape[-2:]
     nf, g = wblk.shape[:2]
     o, cg = wblk.shape[2] // 2 * g, c // g
+    if wblk.shape[-1] == cg:  # stacked
+        yv = y.reshape(nf, 2, g, cg, b)
+        if g == 1:
+            w3 = wblk[:, 0]
+            out, p = torch.bmm(w3, yv[:, 0, 0]), torch.bmm(w3, yv[:, 1, 0])  # (F, 2O, B)
+        else:
+            out, p = torch.matmul(wblk, yv[:, 0]), torch.matmul(wblk, yv[:, 1])  # (F, g, 2O/g, B)
+        out, p = out.view(nf, g, 2, o // g, b), p.view(nf, g, 2, o // g, b)
+        out = torch.stack([out[:, :, 0] - p[:, :, 1], out[:, :, 1] + p[:, :, 0]], 1)  # (F, 2, g, O/g, B)
+        return out.reshape(*freq, 2, o, b)
     if g == 1:
         out = torch.bmm(wblk.reshape(nf, 2 * o, 2 * c), y.reshape(nf, 2 * c, b))
         return out.reshape(*freq, 2, o, b)
@@ -59,14 +136,33 @@ def _mix_backward(y, shape, wblk, g_out, need_y: bool, need_w: bool):
     nf, g = wblk.shape[:2]
     c, b = shape[-2:]
     o, cg = wblk.shape[2] // 2 * g, c // g
+    gg = g_out.reshape(nf, 2, g, o // g, b).transpose(1, 2)  # (F, g, 2, O/g, B)
+    gy = gw = None
+    if wblk.shape[-1] == cg:  # stacked: out = W yr + J(W yi), so d/d(W yi) = J^T g = (g_im; -g_re)
+        jg = torch.stack([gg[:, :, 1], -gg[:, :, 0]], 2).reshape(nf, g, 2 * (o // g), b)
+        gg = gg.reshape(nf, g, 2 * (o // g), b)
+        if g == 1:  # bmm on 3-D views: matmul would fold (copy) the strided operands
+            gg, jg, w3 = gg[:, 0], jg[:, 0], wblk[:, 0]
+        else:
+            w3 = wblk
+        mm = torch.bmm if g == 1 else torch.matmul
+        if need_y:
+            wt = w3.transpose(-1, -2)
+            gy = torch.stack([mm(wt, gg), mm(wt, jg)], 1).reshape(shape)  # (F, 2, [g,] C/g, B)
+        if need_w:
+            yv = y.reshape(nf, 2, g, cg, b)
+            yr, yi = (yv[:, 0, 0], yv[:, 1, 0]) if g == 1 else (yv[:, 0], yv[:, 1])
+            gw = mm(gg, yr.transpose(-1, -2))
+            gw = (gw.baddbmm_(jg, yi.transpose(-1, -2)) if g == 1 else gw + mm(jg, yi.transpose(-1, -2)))
+            gw = gw.reshape(wblk.shape)
+        return gy, gw
     if g == 1:
         g3 = g_out.reshape(nf, 2 * o, b)
         w3 = wblk.reshape(nf, 2 * o, 2 * c)
         gy = torch.bmm(w3.transpose(1, 2), g3).reshape(shape) if need_y else None
         gw = torch.bmm(g3, y.reshape(nf, 2 * c, b).transpose(1, 2)).reshape(wblk.shape) if need_w else None
         return gy, gw
-    gg = g_out.reshape(nf, 2, g, o // g, b).transpose(1, 2).reshape(nf, g, 2 * (o // g), b)
-    gy = gw = None
+    gg = gg.reshape(nf, g, 2 * (o // g), b)
     if need_y:
         gy = torch.matmul(wblk.transpose(-1, -2), gg).reshape(nf, g, 2, cg, b).transpose(1, 2).reshape(shape)
     if need_w:
@@ -105,13 +201,15 @@ class DenseChain(torch.autograd.Function):
     """The dense K-op's data path (K_in per axis, mixing, K_out per axis) with a lean backward.
 
     A stage's input is saved only if its matrix needs a gradient (constant GEMM-DFT matrices or
-    frozen K-matrices need none). The spectrum leaving the channel mixing (the largest
-    intermediate) is recomputed in backward instead of saved, and with DENSE_RECOMPUTE = 2 the
-    one entering it too (one GEMM more); then the hand-written GEMM backward runs stage by stage.
+    frozen K-matrices need none). With `lean` (spec = (plan, lean)) the spectrum leaving the
+    channel mixing (the largest intermediate) is recomputed in backward instead of saved, and
+    with DENSE_RECOMPUTE = 2 the one entering it too (one GEMM more); then the hand-written GEMM
+    backward runs stage by stage.
     """
 
     @staticmethod
-    def forward(ctx, x, wblk, plan, *mats):
+    def forward(ctx, x, wblk, spec, *mats):
+        plan, lean = spec  # lean: recompute around the mixing (else save what backward needs)
         ts = [x]
         for stage in plan:
             ts.append(run_stage(stage, ts[-1], mats, wblk))
@@ -119,10 +217,10 @@ class DenseChain(torch.autograd.Function):
         need = ctx.needs_input_grad
         keep = [need[1] if st[0] == "mix" else need[3 + st[1]] for st in plan]
         recompute = []
-        if keep[k + 1]:
+        if lean and keep[k + 1]:
             keep[k + 1], keep[k] = False, True
             recompute.append(k + 1)
-        if DENSE_RECOMPUTE == 2 and keep[k]:
+        if lean and DENSE_RECOMPUTE == 2 and keep[k]:
             keep[k], keep[k - 1] = False, True
             recompute.insert(0, k)
         ctx.plan, ctx.mix, ctx.recompute = plan, k, recompute

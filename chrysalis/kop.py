@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dense
-from .dense import DenseChain, gemm, realify, run_stage
+from .dense import BatchFirst, BatchLast, DenseChain, gemm, realify, run_stage
 from .kmatrix import KMatrix
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -372,9 +372,10 @@ class KOp(nn.Module):
         axis (the spectrum of a real signal is Hermitian), as rfft does.
         """
         d = len(self.plans)
-        mats, wblk = self._dense_operands(fixed)
+        form = dense.mix_form(self.out_channels // self.groups, x.shape[0])
+        mats, wblk = self._dense_operands(fixed, form)
         k_in, k_out = mats[:d], mats[2 * d :]
-        y = x.permute(*range(2, 2 + d), 1, 0).to(k_in[0].dtype)  # (*size, C, B), real
+        y = BatchLast.apply(x.to(k_in[0].dtype))  # (*size, C, B), real
         # axis a (after a re/im axis if a > 0) -> (n_a, re/im); mixing -> (*n, 2, O, B); then
         # (n_a, re/im) -> (re/im, out_a), the last keeping Re only.
         plan = [("gemm", a, a, a + 1 + bool(a), (k_in[a].shape[0] // 2, 2)) for a in range(d)] + [("mix",)]
@@ -382,18 +383,20 @@ class KOp(nn.Module):
             ("gemm", 2 * d + a, a, a + 2, (2, k_out[a].shape[0] // 2) if a else (k_out[a].shape[0],))
             for a in range(d - 1, -1, -1)
         ]
-        lean = dense.DENSE_RECOMPUTE and self.in_channels // self.groups <= dense.LEAN_MAX_CHANNELS
+        # DENSE_RECOMPUTE = 0: plain autograd. Otherwise the hand-written backward, recomputing
+        # around the mixing only for few channels (for many, redoing the mixing costs 15-25 %).
+        lean = self.in_channels // self.groups <= dense.LEAN_MAX_CHANNELS
         needs_grad = x.requires_grad or wblk.requires_grad or any(m.requires_grad for m in mats)
-        if lean and torch.is_grad_enabled() and needs_grad:
-            z = DenseChain.apply(y, wblk, tuple(plan), *mats)
+        if dense.DENSE_RECOMPUTE and torch.is_grad_enabled() and needs_grad:
+            z = DenseChain.apply(y, wblk, (tuple(plan), lean), *mats)
         else:
             z = y
             for stage in plan:
                 z = run_stage(stage, z, mats, wblk)
-        return z.permute(d + 1, d, *range(d))  # (*out, O, B) -> (B, O, *out)
+        return BatchFirst.apply(z)  # (*out, O, B) -> (B, O, *out), contiguous
 
-    def _dense_operands(self, fixed: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The real transform matrices and the filter's block spectrum, cached in eval.
+    def _dense_operands(self, fixed: bool, form: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The real transform matrices and the filter's spectrum (in `form`), cached in eval.
 
         With autograd off (evaluation, `torch.no_grad`), both are reused across calls while the
         parameters they derive from are unchanged: the cache is keyed on each parameter's
@@ -402,7 +405,7 @@ class KOp(nn.Module):
         """
         params = [self.weight] if fixed else [self.weight] + [km.twiddle for km in self._all_kmatrices()]
         cache = None if torch.is_grad_enabled() else self.__dict__.setdefault("_eval_cache", {})
-        key = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params) + (fixed,)
+        key = tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params) + (fixed, form)
         if cache is not None and cache.get("key") == key:
             return cache["value"]
         d = len(self.plans)
@@ -413,7 +416,7 @@ class KOp(nn.Module):
             mats = [realify(cm[a], "first" if a else None, "last") for a in range(d)]
             mats += [realify(cm[d + a], "first" if a else None, "last") for a in range(d)]
             mats += [realify(cm[2 * d + a], "last", "first" if a else None) for a in range(d)]
-        value = (mats, self._weight_blocks(mats[d : 2 * d]))
+        value = (mats, self._weight_blocks(mats[d : 2 * d], form))
         if cache is not None:
             cache.clear()  # holds at most one entry: the current parameters
             cache.update(key=key, value=value)
@@ -422,8 +425,12 @@ class KOp(nn.Module):
     def _all_kmatrices(self) -> list[KMatrix]:
         return [*self.K_in, *self.L, *self.K_out]
 
-    def _weight_blocks(self, k_l: list[torch.Tensor]) -> torch.Tensor:
-        """The filter's spectrum as per-frequency real block matrices (F, g, 2O/g, 2C/g)."""
+    def _weight_blocks(self, k_l: list[torch.Tensor], form: str = "block") -> torch.Tensor:
+        """The filter's spectrum per frequency, as `dense._mix` takes it.
+
+        form "block": real block matrices [[Wr, -Wi], [Wi, Wr]], (F, g, 2O/g, 2C/g);
+        "stacked": [Wr; Wi], (F, g, 2O/g, C/g) — for g = 1 a view of L's output, no copy.
+        """
         d = len(self.plans)
         w = self.weight.permute(*range(2, 2 + d), 0, 1).to(k_l[0].dtype)  # (*taps, O, C/g)
         for a in range(d):
@@ -433,6 +440,8 @@ class KOp(nn.Module):
         g = self.groups
         nf = math.prod(freq)
         w = w.reshape(nf, 2, g, o // g, cg)
+        if form == "stacked":
+            return w.transpose(1, 2).reshape(nf, g, 2 * (o // g), cg)
         wr, wi = w[:, 0], w[:, 1]  # (F, g, O/g, C/g)
         return torch.cat([torch.cat([wr, -wi], -1), torch.cat([wi, wr], -1)], -2)  # (F, g, 2O/g, 2C/g)
 

@@ -108,3 +108,60 @@ def test_dense_backward_variants_agree(cls, kw, shape, recompute, monkeypatch):
     monkeypatch.setattr(dense, "DENSE_RECOMPUTE", recompute)
     for a, b in zip(lean, _grads(op, x)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+MIX_CASES = CASES + [  # many input channels: the hand-written backward without recompute
+    (nn.Conv1d, dict(in_channels=40, out_channels=6, kernel_size=5, padding=2), (3, 40, 10)),
+]
+
+
+@pytest.mark.parametrize("form", ["block", "stacked"])
+@pytest.mark.parametrize("recompute", [0, 1, 2])
+@pytest.mark.parametrize("cls,kw,shape", MIX_CASES)
+def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form, monkeypatch):
+    """Both layouts of the filter spectrum, under every backward, against the butterfly path."""
+    import chrysalis.dense as dense
+
+    g = torch.Generator().manual_seed(4)
+    ops = {}
+    for strategy in ("dense", "butterfly"):
+        g.manual_seed(4)
+        ops[strategy] = KOp(shape[1], kw["out_channels"], kw["kernel_size"], shape[2:],
+                            **{k: v for k, v in kw.items() if k not in ("in_channels", "out_channels", "kernel_size")},
+                            init="random", depth=2, strategy=strategy, generator=g, dtype=torch.float64)
+    x = torch.randn(shape, dtype=torch.float64, generator=g)
+    ref = _grads(ops["butterfly"], x)
+    monkeypatch.setattr(dense, "MIX_FORM", form)
+    monkeypatch.setattr(dense, "DENSE_RECOMPUTE", recompute)
+    monkeypatch.setattr(dense, "BATCH_LAST_MIN_NUMEL", 0)  # the two-copy relayout, even this small
+    got = _grads(ops["dense"], x)
+    assert len(got) == len(ref) == 2 + len(list(ops["dense"].parameters()))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_mix_form_follows_the_larger_operand():
+    import chrysalis.dense as dense
+
+    assert dense.mix_form(100, 50) == "stacked"  # Kim-CNN: the weights outweigh the batch
+    assert dense.mix_form(6, 128) == "block"  # LeNet: the data dominate
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7), (4, 3, 6, 5), (2, 3, 4, 5, 3)])
+@pytest.mark.parametrize("small", [True, False])
+def test_batch_relayout_is_the_permutation(shape, small, monkeypatch):
+    import chrysalis.dense as dense
+
+    monkeypatch.setattr(dense, "BATCH_LAST_MIN_NUMEL", 1 << 30 if small else 0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    d = len(shape) - 2
+    y = dense.BatchLast.apply(x)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y, x.permute(*range(2, 2 + d), 1, 0), rtol=0, atol=0)
+    z = dense.BatchFirst.apply(y * 1.0)
+    assert z.is_contiguous()
+    torch.testing.assert_close(z, x, rtol=0, atol=0)
+    gz = torch.randn(shape, dtype=torch.float64)
+    (z * gz).sum().backward()
+    torch.testing.assert_close(x.grad, gz, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(dense.BatchLast.apply, (x,))
