@@ -87,16 +87,19 @@ class BatchFirst(torch.autograd.Function):
         return batch_last(g)
 
 
-def mix_form(out_per_group: int, batch: int) -> str:
+def mix_form(out_per_group: int, in_per_group: int, batch: int) -> str:
     """How the mixing holds the filter spectrum: "block" or "stacked" (see `_mix`).
 
-    The 2O x 2C block matrix costs a copy of four weight-sized tensors per forward (and their
-    backward): cheap when the data dominate (LeNet, ResNet: batch >> channels), the largest
-    non-GEMM cost when the weights do (Kim-CNN: 300 x 100 channels, batch 50, 64 frequencies).
+    "block" copies the weights into a 2O x 2C matrix per frequency (forward and backward);
+    "stacked" instead stacks the output's and the gradients' re/im halves (O x B and C x B per
+    frequency). So "stacked" when O*C > (O + C)*B per group: Kim-CNN (300 -> 100 channels,
+    batch 50: 2.1x instead of 4.1x the conv, fwd+bwd); "block" for LeNet, ResNet and the 3-D
+    case, where the batch outweighs the channels (measured, docs/PERFORMANCE.md).
     """
     if MIX_FORM != "auto":
         return MIX_FORM
-    return "stacked" if 2 * out_per_group > batch else "block"
+    o, c = out_per_group, in_per_group
+    return "stacked" if o * c > (o + c) * batch else "block"
 
 
 def _mix(y: torch.Tensor, wblk: torch.Tensor) -> torch.Tensor:

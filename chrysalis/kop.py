@@ -60,19 +60,40 @@ def _next_pow2(x: int) -> int:
     return 1 << max(1, math.ceil(math.log2(max(x, 2))))
 
 
+def _fixed_size(x: int) -> int:
+    """Transform size of the fixed (exact FFT) op for a safe circular length x.
+
+    No K-matrix needs a power of two there, so: x itself if the GEMM-DFT takes it (its cost is
+    O(n^2) per axis, so a ResNet 3x3 layer on 32x32 pays for 34^2, not 64^2, frequencies), else
+    the next 5-smooth length, on which pocketfft is fast.
+    """
+    if x <= FIXED_GEMM_MAX_N:
+        return max(x, 2)
+    n = x
+    while True:
+        m = n
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        if m == 1:
+            return n
+        n += 1
+
+
 @dataclass(frozen=True)
 class AxisPlan:
     """Where a conv's data and filter sit along one spatial axis inside the length-n transform."""
 
     size: int  # input length after any explicit (non-zero) padding
-    n: int  # transform size, a power of two
+    n: int  # transform size: a power of two (K-matrices); any safe size for the fixed op
     out: int  # output length, as nn.ConvNd returns it
     in_cols: tuple[int, ...]  # columns of K_in the input occupies: 0 .. size-1
     tap_cols: tuple[int, ...]  # columns of L holding filter taps: (-o_t) mod n
     out_rows: tuple[int, ...]  # rows of K_out that are read: (i*stride - pad_left) mod n
 
     @staticmethod
-    def make(size: int, kernel: int, max_kernel: int, stride: int, dilation: int, pad: tuple[int, int]):
+    def make(size: int, kernel: int, max_kernel: int, stride: int, dilation: int, pad: tuple[int, int],
+             fixed: bool = False):
         left, right = pad
         span = dilation * (kernel - 1) + 1
         if size + left + right < span:
@@ -87,7 +108,8 @@ class AxisPlan:
         # (n + q >= size) and no q may wrap past n: that fixes the smallest safe transform size.
         q_min = -left + offsets[0]
         q_max = (out - 1) * stride - left + offsets[-1]
-        n = _next_pow2(max(q_max + 1, size - min(q_min, 0), size))
+        safe = max(q_max + 1, size - min(q_min, 0), size)
+        n = _fixed_size(safe) if fixed else _next_pow2(safe)
         return AxisPlan(
             size=size,
             n=n,
@@ -118,7 +140,9 @@ class KOp(nn.Module):
         depth: butterflies per K-matrix (>= 1); extra ones start as the identity under "conv".
         max_kernel_size: filter support per axis (>= kernel_size). The conv's kernel sits in the
             middle and the new taps start at zero, so the search can grow the kernel.
-        fixed: no architecture at all: the exact FFT convolution through torch.fft (a baseline).
+        fixed: no architecture at all: the exact FFT convolution (a baseline): a GEMM-DFT for
+            transform sizes <= FIXED_GEMM_MAX_N, torch.fft above; its transform size is the
+            smallest safe one, not a power of two (no K-matrix constrains it).
         search: which of "K_in", "L", "K_out" are searched; the others are frozen
             (requires_grad=False).
         strategy: "dense" (materialise K-matrices, matrix products), "butterfly" (factor by
@@ -212,7 +236,7 @@ class KOp(nn.Module):
         axis_pads = [(0, 0)] * dims if self._explicit_pad else pads
         sizes = [s + (sum(p) if self._explicit_pad else 0) for s, p in zip(input_size, pads)]
         self.plans = [
-            AxisPlan.make(sz, k, mk, st, dl, p)
+            AxisPlan.make(sz, k, mk, st, dl, p, fixed)
             for sz, k, mk, st, dl, p in zip(sizes, kernel, max_kernel, stride_t, dilation_t, axis_pads)
         ]
         self.output_size = tuple(p.out for p in self.plans)
@@ -372,7 +396,8 @@ class KOp(nn.Module):
         axis (the spectrum of a real signal is Hermitian), as rfft does.
         """
         d = len(self.plans)
-        form = dense.mix_form(self.out_channels // self.groups, x.shape[0])
+        g = self.groups
+        form = dense.mix_form(self.out_channels // g, self.in_channels // g, x.shape[0])
         mats, wblk = self._dense_operands(fixed, form)
         k_in, k_out = mats[:d], mats[2 * d :]
         y = BatchLast.apply(x.to(k_in[0].dtype))  # (*size, C, B), real
@@ -591,7 +616,7 @@ class KOp(nn.Module):
         if self.max_kernel_size != self.kernel_size:
             s += f", max_kernel_size={self.max_kernel_size}"
         if self.fixed:
-            return s + ", fixed=True (torch.fft)"
+            return s + f", fixed=True, n={tuple(p.n for p in self.plans)}"
         return s + (
             f", init={self.init!r}, depth={self.depth}, search={self.search}, "
             f"n={tuple(p.n for p in self.plans)}"

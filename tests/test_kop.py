@@ -108,6 +108,25 @@ def test_every_strategy_is_exact(c, options):
     check_equal(c, **options)
 
 
+@pytest.mark.parametrize("c", CASES, ids=lambda c: f"{c['dims']}d-{c['mode']}-k{c['kernel']}-s{c['stride']}")
+def test_fixed_op_exact_at_its_smallest_transform_size(c, monkeypatch):
+    """The fixed op uses the smallest safe (not power-of-two) size: the edge of wrap-around."""
+    import chrysalis.kop as kop
+
+    check_equal(c, fixed=True)  # GEMM-DFT
+    monkeypatch.setattr(kop, "FIXED_GEMM_MAX_N", 0)
+    check_equal(c, fixed=True)  # torch.fft at the same, often odd or prime, sizes
+
+
+def test_fixed_transform_sizes():
+    from chrysalis.kop import _fixed_size
+
+    resnet = KOp(16, 16, 3, (32, 32), padding=1, fixed=True)
+    assert [p.n for p in resnet.plans] == [33, 33]  # reads positions -1 .. 32: 33, not 64
+    assert [p.n for p in KOp(16, 16, 3, (32, 32), padding=1).plans] == [64, 64]  # K-matrices: 2^m
+    assert _fixed_size(64) == 64 and _fixed_size(67) == 72 and _fixed_size(1031) == 1080  # 5-smooth
+
+
 @pytest.mark.parametrize("c", CASES[:40:4])
 def test_float64(c):
     err = check_equal(c, tol=1e-12, dtype=torch.float64)

@@ -143,8 +143,9 @@ def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form
 def test_mix_form_follows_the_larger_operand():
     import chrysalis.dense as dense
 
-    assert dense.mix_form(100, 50) == "stacked"  # Kim-CNN: the weights outweigh the batch
-    assert dense.mix_form(6, 128) == "block"  # LeNet: the data dominate
+    assert dense.mix_form(100, 300, 50) == "stacked"  # Kim-CNN: the weights outweigh the batch
+    assert dense.mix_form(6, 3, 128) == "block"  # LeNet: the data dominate
+    assert dense.mix_form(8, 4, 8) == "block"  # the 3-D case: a tie goes to the block
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 7), (4, 3, 6, 5), (2, 3, 4, 5, 3)])
