@@ -17,6 +17,8 @@ import torch
 # of saving them (0: plain autograd). Only for few input channels per group, where the mixing is
 # cheap to redo and the spectra dominate memory (docs/PERFORMANCE.md).
 DENSE_RECOMPUTE = 1
+# Lean backward, N-d ops: also recompute the first transform's output from the saved input.
+RECOMPUTE_FIRST = True
 LEAN_MAX_CHANNELS = 32
 # Filter spectrum layout in the mixing: "auto" (by `mix_form`), or force "block" / "stacked".
 MIX_FORM = "auto"
@@ -226,6 +228,11 @@ class DenseChain(torch.autograd.Function):
         if lean and DENSE_RECOMPUTE == 2 and keep[k]:
             keep[k], keep[k - 1] = False, True
             recompute.insert(0, k)
+        if lean and RECOMPUTE_FIRST and k >= 2 and keep[0] and keep[1]:
+            # The first transform acts on the real input (half a GEMM, the cheapest stage) and
+            # its input is saved anyway: redo it rather than keep its complex output.
+            keep[1] = False
+            recompute.insert(0, 1)
         ctx.plan, ctx.mix, ctx.recompute = plan, k, recompute
         ctx.shapes = [t.shape for t in ts[: len(plan)]]
         ctx.save_for_backward(wblk, *mats, *(t if kp else None for t, kp in zip(ts, keep)))
@@ -238,7 +245,7 @@ class DenseChain(torch.autograd.Function):
         saved = ctx.saved_tensors
         nm = len(ctx.needs_input_grad) - 3
         wblk, mats, ts = saved[0], saved[1 : 1 + nm], list(saved[1 + nm :])
-        for i in ctx.recompute:  # the mixing's input (k) and/or output (k + 1)
+        for i in ctx.recompute:  # ascending: the first transform's output, the mixing's input/output
             ts[i] = run_stage(plan[i - 1], ts[i - 1], mats, wblk)
         need = ctx.needs_input_grad
         gmats: list[torch.Tensor | None] = [None] * nm

@@ -115,10 +115,11 @@ MIX_CASES = CASES + [  # many input channels: the hand-written backward without 
 ]
 
 
+@pytest.mark.parametrize("first", [True, False])
 @pytest.mark.parametrize("form", ["block", "stacked"])
 @pytest.mark.parametrize("recompute", [0, 1, 2])
 @pytest.mark.parametrize("cls,kw,shape", MIX_CASES)
-def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form, monkeypatch):
+def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form, first, monkeypatch):
     """Both layouts of the filter spectrum, under every backward, against the butterfly path."""
     import chrysalis.dense as dense
 
@@ -133,6 +134,7 @@ def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form
     ref = _grads(ops["butterfly"], x)
     monkeypatch.setattr(dense, "MIX_FORM", form)
     monkeypatch.setattr(dense, "DENSE_RECOMPUTE", recompute)
+    monkeypatch.setattr(dense, "RECOMPUTE_FIRST", first)
     monkeypatch.setattr(dense, "BATCH_LAST_MIN_NUMEL", 0)  # the two-copy relayout, even this small
     got = _grads(ops["dense"], x)
     assert len(got) == len(ref) == 2 + len(list(ops["dense"].parameters()))
@@ -166,3 +168,22 @@ def test_batch_relayout_is_the_permutation(shape, small, monkeypatch):
     (z * gz).sum().backward()
     torch.testing.assert_close(x.grad, gz, rtol=0, atol=0)
     assert torch.autograd.gradcheck(dense.BatchLast.apply, (x,))
+
+
+def test_lean_backward_saves_less():
+    """Recomputing around the mixing and the first transform must shrink what autograd keeps."""
+    import chrysalis.dense as dense
+    from chrysalis.bench import saved_bytes
+
+    op = KOp(3, 6, 5, (32, 32), init="random", depth=1)
+    x = torch.randn(16, 3, 32, 32, requires_grad=True)
+    sizes = {}
+    for name, recompute, first in (("plain", 0, False), ("mix", 1, False), ("mix+first", 1, True)):
+        dense.DENSE_RECOMPUTE, dense.RECOMPUTE_FIRST = recompute, first
+        try:
+            sizes[name] = saved_bytes(lambda: op(x))
+        finally:
+            dense.DENSE_RECOMPUTE, dense.RECOMPUTE_FIRST = 1, True
+    # input 32x32x3, first transform's output 32x2x32x3 (complex, twice the input), per image
+    assert sizes["plain"] > sizes["mix"] > sizes["mix+first"]
+    assert sizes["mix"] - sizes["mix+first"] == 16 * 32 * 2 * 32 * 3 * 4
