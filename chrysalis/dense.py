@@ -19,6 +19,9 @@ import torch
 DENSE_RECOMPUTE = 1
 # Lean backward, N-d ops: also recompute the first transform's output from the saved input.
 RECOMPUTE_FIRST = True
+# ... and the inputs of the K_out stages after the first from the mixing's output: saved bytes of
+# a LeNet step 2.85x -> 1.77x the conv's for +2-8 % time (docs/PERFORMANCE.md); off by default.
+RECOMPUTE_OUT = False
 LEAN_MAX_CHANNELS = 32
 # Filter spectrum layout in the mixing: "auto" (by `mix_form`), or force "block" / "stacked".
 MIX_FORM = "auto"
@@ -228,6 +231,11 @@ class DenseChain(torch.autograd.Function):
         if lean and DENSE_RECOMPUTE == 2 and keep[k]:
             keep[k], keep[k - 1] = False, True
             recompute.insert(0, k)
+        if lean and RECOMPUTE_OUT:
+            for j in range(k + 2, len(plan)):  # inputs of the later K_out stages, from the mixing's
+                if keep[j] and (keep[j - 1] or j - 1 in recompute):
+                    keep[j] = False
+                    recompute.append(j)
         if lean and RECOMPUTE_FIRST and k >= 2 and keep[0] and keep[1]:
             # The first transform acts on the real input (half a GEMM, the cheapest stage) and
             # its input is saved anyway: redo it rather than keep its complex output.

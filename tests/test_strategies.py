@@ -115,11 +115,11 @@ MIX_CASES = CASES + [  # many input channels: the hand-written backward without 
 ]
 
 
-@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("first,out", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("form", ["block", "stacked"])
 @pytest.mark.parametrize("recompute", [0, 1, 2])
 @pytest.mark.parametrize("cls,kw,shape", MIX_CASES)
-def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form, first, monkeypatch):
+def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form, first, out, monkeypatch):
     """Both layouts of the filter spectrum, under every backward, against the butterfly path."""
     import chrysalis.dense as dense
 
@@ -135,6 +135,7 @@ def test_mix_forms_and_backwards_equal_butterfly(cls, kw, shape, recompute, form
     monkeypatch.setattr(dense, "MIX_FORM", form)
     monkeypatch.setattr(dense, "DENSE_RECOMPUTE", recompute)
     monkeypatch.setattr(dense, "RECOMPUTE_FIRST", first)
+    monkeypatch.setattr(dense, "RECOMPUTE_OUT", out)
     monkeypatch.setattr(dense, "BATCH_LAST_MIN_NUMEL", 0)  # the two-copy relayout, even this small
     got = _grads(ops["dense"], x)
     assert len(got) == len(ref) == 2 + len(list(ops["dense"].parameters()))
@@ -178,12 +179,34 @@ def test_lean_backward_saves_less():
     op = KOp(3, 6, 5, (32, 32), init="random", depth=1)
     x = torch.randn(16, 3, 32, 32, requires_grad=True)
     sizes = {}
-    for name, recompute, first in (("plain", 0, False), ("mix", 1, False), ("mix+first", 1, True)):
-        dense.DENSE_RECOMPUTE, dense.RECOMPUTE_FIRST = recompute, first
+    for name, recompute, first, out in (("plain", 0, False, False), ("mix", 1, False, False),
+                                        ("mix+first", 1, True, False), ("all", 1, True, True)):
+        dense.DENSE_RECOMPUTE, dense.RECOMPUTE_FIRST, dense.RECOMPUTE_OUT = recompute, first, out
         try:
             sizes[name] = saved_bytes(lambda: op(x))
         finally:
-            dense.DENSE_RECOMPUTE, dense.RECOMPUTE_FIRST = 1, True
-    # input 32x32x3, first transform's output 32x2x32x3 (complex, twice the input), per image
-    assert sizes["plain"] > sizes["mix"] > sizes["mix+first"]
+            dense.DENSE_RECOMPUTE, dense.RECOMPUTE_FIRST, dense.RECOMPUTE_OUT = 1, True, False
+    assert sizes["plain"] > sizes["mix"] > sizes["mix+first"] > sizes["all"]
+    # per image: the first transform's output is 32 x 2 x 32 x 3 (complex, twice the input), the
+    # last K_out stage's input 32 x 2 x 28 x 6 (axis 0 still complex, axis 1 cropped to 28 rows)
     assert sizes["mix"] - sizes["mix+first"] == 16 * 32 * 2 * 32 * 3 * 4
+    assert sizes["mix+first"] - sizes["all"] == 16 * 32 * 2 * 28 * 6 * 4
+
+
+@pytest.mark.parametrize("search", [("K_in",), ("L",), ("K_out",), ("K_in", "K_out")])
+@pytest.mark.parametrize("recompute", [1, 2])
+def test_lean_backward_with_frozen_kmatrices(search, recompute, monkeypatch):
+    """Recompute plans must hold when some stages need no saved input (frozen K-matrices)."""
+    import chrysalis.dense as dense
+
+    monkeypatch.setattr(dense, "DENSE_RECOMPUTE", recompute)
+    monkeypatch.setattr(dense, "RECOMPUTE_OUT", True)
+    g = torch.Generator().manual_seed(5)
+    ops = {}
+    for strategy in ("dense", "butterfly"):
+        g.manual_seed(5)
+        ops[strategy] = KOp(3, 4, 3, (9, 7), padding=1, init="random", depth=2, search=search,
+                            strategy=strategy, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, generator=g)
+    for a, b in zip(_grads(ops["dense"], x), _grads(ops["butterfly"], x)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
