@@ -28,6 +28,7 @@ from torch import nn
 
 INITS = ("fft", "ifft", "identity", "random")
 DENSE_APPLY_MAX_N = 256  # forward() applies K as one GEMM up to this size (docs/PERFORMANCE.md)
+PRODUCT_MAX_N = 64  # dense_many multiplies dense factor matrices up to this size (ibid.)
 
 
 def bit_reversal_permutation(n: int) -> torch.Tensor:
@@ -103,6 +104,57 @@ def _apply_factors(x: torch.Tensor, blocks: torch.Tensor, strides: list[int], ba
 
 
 _BASIS_CACHE: dict[tuple, torch.Tensor] = {}
+_FACTOR_INDEX_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _factor_index(n: int, strides: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(F, 2n) positions (row * n + col) of the 2x2 blocks' entries in each n x n factor."""
+    key = (n, strides, device)
+    idx = _FACTOR_INDEX_CACHE.get(key)
+    if idx is None:
+        b = torch.arange(n // 2)
+        per_factor = []
+        for s in strides:
+            pos = torch.stack([(b // s) * 2 * s + b % s, (b // s) * 2 * s + b % s + s], -1)  # (n/2, 2)
+            rows, cols = pos.view(-1, 2, 1).expand(-1, 2, 2), pos.view(-1, 1, 2).expand(-1, 2, 2)
+            per_factor.append((rows * n + cols).reshape(-1))  # block [b, out, in] -> (pos[out], pos[in])
+        idx = torch.stack(per_factor).to(device)
+        if len(_FACTOR_INDEX_CACHE) > 256:
+            _FACTOR_INDEX_CACHE.clear()
+        _FACTOR_INDEX_CACHE[key] = idx
+    return idx
+
+
+def _dense_many_by_products(kmats, select) -> list[torch.Tensor]:
+    """`KMatrix.dense_many` for small n: every factor as a dense n x n matrix, multiplied in a tree.
+
+    All factors of all K-matrices of one size and factor count are scattered into dense matrices
+    in one op, then multiplied pairwise in log2(factors) batched matmuls (K = D_F ... D_2 D_1),
+    instead of depth * log n broadcast multiply-adds and their backward: 1.5-3.6x faster for
+    n <= 64 (docs/PERFORMANCE.md); O(n^3) per product, so only for small n.
+    """
+    out: list[torch.Tensor | None] = [None] * len(kmats)
+    groups: dict[tuple, list[int]] = {}
+    for i, km in enumerate(kmats):
+        blocks = km.blocks()
+        groups.setdefault((km.n, km.depth * km.m, blocks.dtype, blocks.device), []).append(i)
+    for (n, f, _, device), members in groups.items():
+        idx = torch.stack([_factor_index(n, tuple(s for st in kmats[i].strides() for s in st), device)
+                           for i in members])  # (G, F, 2n)
+        blocks = torch.stack([kmats[i].blocks().reshape(f, 2 * n) for i in members])  # (G, F, 2n)
+        mats = blocks.new_zeros(len(members), f, n * n).scatter(2, idx, blocks).view(len(members), f, n, n)
+        while mats.shape[1] > 1:  # pair (D_2 D_1), (D_4 D_3), ...; an odd last factor waits
+            k = mats.shape[1]
+            pairs = torch.matmul(mats[:, 1 : k - k % 2 : 2], mats[:, 0 : k - k % 2 : 2])
+            mats = torch.cat([pairs, mats[:, k - 1 :]], 1) if k % 2 else pairs
+        for g, i in enumerate(members):
+            sel, m = select[i], mats[g, 0]
+            if sel is None:
+                out[i] = m
+            else:
+                ix = torch.as_tensor(sel[1], device=device)
+                out[i] = m.index_select(0, ix) if sel[0] == "rows" else m.index_select(1, ix)
+    return out
 
 
 def _basis(n: int, idx: tuple[tuple[int, ...], ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -230,6 +282,8 @@ class KMatrix(nn.Module):
         batched pass, each on only the basis vectors it needs (padded to a common count).
         """
         select = [None] * len(kmats) if select is None else list(select)
+        if all(km.n <= PRODUCT_MAX_N for km in kmats):
+            return _dense_many_by_products(kmats, select)
         jobs = []  # (index, key, flat blocks (F, n/2, 2, 2), strides, basis indices)
         for i, (km, sel) in enumerate(zip(kmats, select)):
             blocks = km.blocks()
