@@ -125,6 +125,54 @@ def _factor_index(n: int, strides: tuple[int, ...], device: torch.device) -> tor
     return idx
 
 
+class _PairedFactors(torch.autograd.Function):
+    """Dense factors D_1..D_F from their 2x2 blocks, neighbours multiplied: (D_2 D_1), (D_4 D_3), ...
+
+    blocks (G, F, 2n) complex, idx (G, F, 2n) their positions in the n x n factors (row * n + col).
+    Returns (G, ceil(F/2), n, n); an odd last factor is passed through. Backward rebuilds the
+    factors from the blocks instead of saving them (they are mostly zeros, and as large as all
+    the partial products of the tree together).
+    """
+
+    @staticmethod
+    def forward(ctx, blocks, idx, n):
+        ctx.save_for_backward(blocks, idx)
+        ctx.n = n
+        d = _PairedFactors._dense(blocks, idx, n)
+        k = d.shape[1] - d.shape[1] % 2
+        pairs = torch.matmul(d[:, 1:k:2], d[:, 0:k:2])
+        return torch.cat([pairs, d[:, k:]], 1) if k < d.shape[1] else pairs
+
+    @staticmethod
+    def _dense(blocks, idx, n):
+        g, f = blocks.shape[:2]
+        return blocks.new_zeros(g, f, n * n).scatter(2, idx, blocks).view(g, f, n, n)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        blocks, idx = ctx.saved_tensors
+        d = _PairedFactors._dense(blocks, idx, ctx.n)
+        k = d.shape[1] - d.shape[1] % 2
+        gd = torch.empty_like(d)
+        gp = grad[:, : k // 2]
+        gd[:, 1:k:2] = torch.matmul(gp, d[:, 0:k:2].mH)  # C = A B: dA = dC B^H, dB = A^H dC
+        gd[:, 0:k:2] = torch.matmul(d[:, 1:k:2].mH, gp)
+        if k < d.shape[1]:
+            gd[:, k] = grad[:, -1]
+        return gd.view(*blocks.shape[:2], -1).gather(2, idx), None, None
+
+
+def _tree_product(idx: torch.Tensor, n: int, blocks: torch.Tensor) -> torch.Tensor:
+    """(G, n, n) products D_F ... D_1 of the factors given by (G, F, 2n) blocks at idx."""
+    mats = _PairedFactors.apply(blocks, idx, n)
+    while mats.shape[1] > 1:  # pair (D_2 D_1), (D_4 D_3), ...; an odd last factor waits
+        k = mats.shape[1]
+        pairs = torch.matmul(mats[:, 1 : k - k % 2 : 2], mats[:, 0 : k - k % 2 : 2])
+        mats = torch.cat([pairs, mats[:, k - 1 :]], 1) if k % 2 else pairs
+    return mats[:, 0]
+
+
 def _dense_many_by_products(kmats, select) -> list[torch.Tensor]:
     """`KMatrix.dense_many` for small n: every factor as a dense n x n matrix, multiplied in a tree.
 
@@ -142,13 +190,9 @@ def _dense_many_by_products(kmats, select) -> list[torch.Tensor]:
         idx = torch.stack([_factor_index(n, tuple(s for st in kmats[i].strides() for s in st), device)
                            for i in members])  # (G, F, 2n)
         blocks = torch.stack([kmats[i].blocks().reshape(f, 2 * n) for i in members])  # (G, F, 2n)
-        mats = blocks.new_zeros(len(members), f, n * n).scatter(2, idx, blocks).view(len(members), f, n, n)
-        while mats.shape[1] > 1:  # pair (D_2 D_1), (D_4 D_3), ...; an odd last factor waits
-            k = mats.shape[1]
-            pairs = torch.matmul(mats[:, 1 : k - k % 2 : 2], mats[:, 0 : k - k % 2 : 2])
-            mats = torch.cat([pairs, mats[:, k - 1 :]], 1) if k % 2 else pairs
+        mats = _tree_product(idx, n, blocks)
         for g, i in enumerate(members):
-            sel, m = select[i], mats[g, 0]
+            sel, m = select[i], mats[g]
             if sel is None:
                 out[i] = m
             else:

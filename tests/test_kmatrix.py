@@ -107,7 +107,7 @@ def test_bad_depth_init_and_input():
 
 
 @pytest.mark.parametrize("products", [True, False])
-@pytest.mark.parametrize("n", [4, 16, 64])
+@pytest.mark.parametrize("n", [4, 8, 32, 64])  # 8, 32: odd factor counts (3, 5 per butterfly)
 def test_dense_many_equals_dense(n, products, monkeypatch):
     """Both materialisations (dense factor products, batched factor application) against dense()."""
     import chrysalis.kmatrix as kmatrix
@@ -130,3 +130,14 @@ def test_dense_many_equals_dense(n, products, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("factors", [1, 2, 3, 4, 5])
+def test_paired_factors_gradcheck(factors):
+    from chrysalis.kmatrix import _factor_index, _PairedFactors
+
+    n = 4
+    strides = tuple([1, 2, 1, 2, 1][:factors])
+    idx = torch.stack([_factor_index(n, strides, torch.device("cpu"))] * 2)  # (G=2, F, 2n)
+    blocks = torch.randn(2, factors, 2 * n, dtype=torch.complex128, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b: _PairedFactors.apply(b, idx, n), (blocks,))
