@@ -127,18 +127,14 @@ def kops(model: nn.Module) -> Iterator[tuple[str, KOp]]:
 
 
 @torch.no_grad()
-def match_conv_gain_(
-    model: nn.Module, *, samples: int = 4, generator: torch.Generator | None = None
-) -> dict[str, float]:
-    """Rescale each K-op's weights so that the op has the output scale of the conv with those weights.
+def conv_gains(model: nn.Module, *, samples: int = 4, generator: torch.Generator | None = None) -> dict[str, float]:
+    """{layer name: output std of each K-op / that of the conv with the same weights}.
 
-    A searched architecture can amplify or damp (its butterflies need not stay unitary), and
-    freshly initialised weights sized for a convolution then blow up or vanish through it: a
-    retrain diverges. This is the variance-preserving init adapted to the found operator: on
-    Gaussian inputs, the std of the op's output (bias left out) is matched to the exact conv's
-    (the fixed-FFT twin, same weights). Returns {layer name: factor applied}.
+    A searched architecture can amplify or damp (its butterflies need not stay unitary): on
+    Gaussian inputs, the std of the op's output (bias left out) against the exact conv's (the
+    fixed-FFT twin, same weights). 1 for a K-op at warm start. Fixed K-ops are skipped.
     """
-    factors = {}
+    gains = {}
     for name, op in kops(model):
         if op.fixed:
             continue
@@ -150,8 +146,24 @@ def match_conv_gain_(
         conv.weight.copy_(op.weight)
         x = torch.randn(samples, op.in_channels, *op.input_size, generator=generator).to(op.weight)
         bias = 0.0 if op.bias is None else op.bias.view(1, -1, *([1] * len(op.input_size)))
-        gain = (op(x) - bias).std() / conv(x).std().clamp_min(1e-30)
-        factor = float(1.0 / gain.clamp_min(1e-30))
-        op.weight.mul_(factor)
+        gains[name] = float((op(x) - bias).std() / conv(x).std().clamp_min(1e-30))
+    return gains
+
+
+@torch.no_grad()
+def match_conv_gain_(
+    model: nn.Module, *, samples: int = 4, generator: torch.Generator | None = None
+) -> dict[str, float]:
+    """Rescale each K-op's weights so that the op has the output scale of the conv with those weights.
+
+    Freshly initialised weights sized for a convolution blow up or vanish through an operator that
+    amplifies or damps (`conv_gains`), and a retrain can diverge. This is the variance-preserving
+    init adapted to the found operator. Returns {layer name: factor applied} (1 / gain).
+    """
+    factors = {}
+    modules = dict(kops(model))
+    for name, gain in conv_gains(model, samples=samples, generator=generator).items():
+        factor = 1.0 / max(gain, 1e-30)
+        modules[name].weight.mul_(factor)
         factors[name] = factor
     return factors

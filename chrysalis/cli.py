@@ -173,6 +173,8 @@ def retrain(
     threads: Annotated[int | None, typer.Option(help="torch.set_num_threads.")] = None,
     match_gain: Annotated[bool, typer.Option(
         help="Rescale the fresh K-op weights to the conv's output scale (for architectures that amplify).")] = False,
+    max_init_gain: Annotated[float | None, typer.Option(
+        help="Rescale anyway when a found op scales by more than this factor (default 4; 0 = never).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted retrain.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a previous retrain in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -181,7 +183,7 @@ def retrain(
     from .search import retrain as retrain_run
 
     r = retrain_run(run, out=out, seed=seed, epochs=epochs, resume=resume, overwrite=overwrite,
-                    match_gain=match_gain or None,
+                    match_gain=match_gain or None, max_init_gain=max_init_gain,
                     limit_train=limit_train, device=device, threads=threads, quiet=quiet or None)
     _print_summary([r])
 

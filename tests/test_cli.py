@@ -37,6 +37,10 @@ def test_search_retrain_eval(tmp_path):
     invoke("retrain", run, "--epochs", "1", "--limit-train", "64", "--quiet")
     re = json.loads((run / "retrain" / "results.json").read_text())
     assert re["retrain_of"] == str(run) and re["method"] == "fixed"
+    assert re["config"]["max_init_gain"] == 4.0 and set(re["init_gains"]) == {"conv1", "conv2"}
+    invoke("retrain", run, "--epochs", "1", "--limit-train", "64", "--quiet", "--max-init-gain", "0",
+           "--out", tmp_path / "never")
+    assert json.loads((tmp_path / "never" / "results.json").read_text())["config"]["max_init_gain"] == 0.0
 
     out = invoke("eval", run, "--json").output
     ev = json.loads(out.strip().splitlines()[-1])

@@ -226,6 +226,27 @@ def test_limit_takes_a_fixed_subset(standin):
     assert len(a) == 10 and torch.equal(a.inputs, b.inputs)
 
 
+def test_retrain_rescales_an_amplifying_architecture_on_its_own(standin, tmp_path):
+    from chrysalis.search.checkpoint import load_checkpoint
+
+    run_search(cfg(tmp_path, epochs=1))
+    warm = retrain(tmp_path / "run", out=tmp_path / "warm", epochs=1)
+    assert warm["gain_matched"] is False and all(0.5 < g < 2 for g in warm["init_gains"].values())
+    ckpt = load_checkpoint(tmp_path / "run")
+    for k, v in ckpt["model"].items():
+        if k.endswith("K_out.0.twiddle"):
+            v[0, 0] *= 20.0  # axis 0's first factor x20: K_out, so the op's output, x20
+    save_atomic(ckpt, tmp_path / "run" / "checkpoint.pt")
+    auto = retrain(tmp_path / "run", out=tmp_path / "auto", epochs=1)
+    never = retrain(tmp_path / "run", out=tmp_path / "never", epochs=1, max_init_gain=0)
+    assert auto["gain_matched"] is True and never["gain_matched"] is False
+    assert auto["init_gains"] == never["init_gains"] and all(15 < g < 25 for g in auto["init_gains"].values())
+    forced = retrain(tmp_path / "run", out=tmp_path / "forced", epochs=1, match_gain=True, max_init_gain=0)
+    assert forced["gain_matched"] is True and forced["final"] == auto["final"]  # the same rescaling
+    with pytest.raises(ConfigError, match="max_init_gain must be >= 1"):
+        SearchConfig.from_dict({"max_init_gain": 0.5})
+
+
 def test_retrain_match_gain_rescales_the_fresh_weights(standin, tmp_path):
     run_search(cfg(tmp_path, epochs=1))
     plain = retrain(tmp_path / "run", out=tmp_path / "plain", epochs=1)

@@ -48,6 +48,9 @@ class SearchConfig:
     kop_options: dict[str, Any] = field(default_factory=dict)  # extra chrysalize/KOp options
     arch_from: str | None = None  # a run dir whose architecture is loaded and frozen (retrain)
     match_gain: bool = False  # with arch_from: rescale fresh K-op weights to the conv's output scale
+    # with arch_from: rescale anyway when a found K-op amplifies or damps by more than this factor
+    # at init, where plain retrains diverged (docs/RESULTS.md); 0 = never
+    max_init_gain: float = 4.0
     # how long, and the weight optimizer (SGD)
     epochs: int = 10
     batch_size: int = 128
@@ -103,8 +106,10 @@ class SearchConfig:
         for name in ("epochs", "batch_size", "depth", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_init_gain and self.max_init_gain < 1:
+            raise ConfigError(f"max_init_gain must be >= 1 (or 0 = never), got {self.max_init_gain}")
         for name in ("lr", "arch_lr", "weight_decay", "arch_weight_decay", "momentum", "grad_clip",
-                     "warmup_epochs", "checkpoint_every"):
+                     "warmup_epochs", "checkpoint_every", "max_init_gain"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("limit_train", "limit_val", "threads"):

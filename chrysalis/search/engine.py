@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..chrysalize import arch_parameters, kops, match_conv_gain_, weight_parameters
+from ..chrysalize import arch_parameters, conv_gains, kops, match_conv_gain_, weight_parameters
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import ConfigError, SearchConfig, config_differences, read_yaml
 from .distributed import (
@@ -260,8 +260,7 @@ class SearchRun:
         self.model = build_model(cfg, self.train.info).to(self.device)
         if cfg.arch_from:
             load_architecture(self.model, cfg.arch_from)
-            if cfg.match_gain:  # deterministic (seeded); every rank computes the same factors
-                match_conv_gain_(self.model, generator=_generator(cfg.seed, 7919))
+            self._match_gain(cfg)
         if self.dist.rank > 0:  # same initial model everywhere, but each rank its own dropout stream
             torch.manual_seed(int(_generator(cfg.seed, 104_729, self.dist.rank).initial_seed()))
         arch_all = list(arch_parameters(self.model))
@@ -292,6 +291,22 @@ class SearchRun:
             self._init_dir()
         self.dist.barrier()
         return ckpt
+
+    def _match_gain(self, cfg: SearchConfig) -> None:
+        """Retrain: rescale the fresh weights to the found operator's gain if asked, or if some
+        K-op amplifies or damps by more than max_init_gain (a retrain would diverge)."""
+        # Deterministic (seeded), so every rank computes the same gains and factors.
+        gains = conv_gains(self.model, generator=_generator(cfg.seed, 7919))
+        limit = cfg.max_init_gain
+        extreme = [n for n, g in gains.items() if limit and not 1 / limit <= g <= limit]
+        self.init_gains, self.gain_matched = gains, bool(cfg.match_gain or extreme)
+        if self.gain_matched:
+            match_conv_gain_(self.model, generator=_generator(cfg.seed, 7919))
+        if extreme and not cfg.match_gain:
+            self._log(f"the architecture from {cfg.arch_from} scales its input by "
+                      + ", ".join(f"{gains[n]:.3g}x ({n})" for n in extreme)
+                      + f" at init (beyond max_init_gain {limit:g}): fresh weights rescaled to the conv's "
+                      "output scale (match_gain)")
 
     def _check_dir_on_main(self) -> dict[str, Any] | None:
         """`_check_dir` on rank 0; its checkpoint (or its error) is broadcast to every rank."""
@@ -611,6 +626,8 @@ class SearchRun:
         }
         if cfg.arch_from:
             results["retrain_of"] = cfg.arch_from
+            results["init_gains"] = self.init_gains  # the found operator's gain on fresh weights
+            results["gain_matched"] = self.gain_matched
         if self.dist.is_main:
             (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         self._log(f"[{self.out.name}] test_acc {test_acc:.4f} test_loss {test_loss:.4f} -> {self.out}")
