@@ -153,7 +153,11 @@ def test_match_conv_gain_restores_the_conv_output_scale():
     with torch.no_grad():
         loud[0].L[0].twiddle[0].mul_(2 ** (1 / 5))  # first butterfly, n=32: 5 factors -> this K-matrix gains x2
     before = loud[0].weight.clone()
+    gains = ch.conv_gains(loud, generator=torch.Generator().manual_seed(0))
+    assert abs(gains["0"] - 2) < 0.2 and abs(gains["3"] - 1) < 1e-4  # measured, nothing changed
+    assert torch.equal(loud[0].weight, before)
     factors = ch.match_conv_gain_(loud, generator=torch.Generator().manual_seed(0))
+    assert factors["0"] == pytest.approx(1 / gains["0"])
     assert abs(factors["0"] - 0.5) < 0.05 and abs(factors["3"] - 1) < 1e-4
     assert torch.allclose(loud[0].weight, before * factors["0"])
     conv_out = model[0](x) - model[0].bias.view(1, -1, 1, 1)
