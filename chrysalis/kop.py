@@ -64,7 +64,7 @@ def _fixed_size(x: int) -> int:
     """Transform size of the fixed (exact FFT) op for a safe circular length x.
 
     No K-matrix needs a power of two there, so: x itself if the GEMM-DFT takes it (its cost is
-    O(n^2) per axis, so a ResNet 3x3 layer on 32x32 pays for 34^2, not 64^2, frequencies), else
+    O(n^2) per axis, so a ResNet 3x3 layer on 32x32 pays for 33^2, not 64^2, frequencies), else
     the next 5-smooth length, on which pocketfft is fast.
     """
     if x <= FIXED_GEMM_MAX_N:
