@@ -152,17 +152,21 @@ def conv_gains(model: nn.Module, *, samples: int = 4, generator: torch.Generator
 
 @torch.no_grad()
 def match_conv_gain_(
-    model: nn.Module, *, samples: int = 4, generator: torch.Generator | None = None
+    model: nn.Module, *, samples: int = 4, generator: torch.Generator | None = None,
+    gains: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Rescale each K-op's weights so that the op has the output scale of the conv with those weights.
 
     Freshly initialised weights sized for a convolution blow up or vanish through an operator that
     amplifies or damps (`conv_gains`), and a retrain can diverge. This is the variance-preserving
-    init adapted to the found operator. Returns {layer name: factor applied} (1 / gain).
+    init adapted to the found operator. `gains`: already measured by `conv_gains` (else measured
+    here). Returns {layer name: factor applied} (1 / gain).
     """
     factors = {}
     modules = dict(kops(model))
-    for name, gain in conv_gains(model, samples=samples, generator=generator).items():
+    if gains is None:
+        gains = conv_gains(model, samples=samples, generator=generator)
+    for name, gain in gains.items():
         factor = 1.0 / max(gain, 1e-30)
         modules[name].weight.mul_(factor)
         factors[name] = factor

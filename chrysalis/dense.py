@@ -68,28 +68,18 @@ def batch_first(z: torch.Tensor) -> torch.Tensor:
     return y.t().contiguous().view(b, c, *size)
 
 
-class BatchLast(torch.autograd.Function):
-    """`batch_last` whose backward is `batch_first` (the same fast copies, not a permute)."""
+class Relayout(torch.autograd.Function):
+    """`batch_last` (to_last=True) or `batch_first`, whose backward is the other one: the same
+    fast copies in both directions, not a strided permute."""
 
     @staticmethod
-    def forward(ctx, x):
-        return batch_last(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return batch_first(g)
-
-
-class BatchFirst(torch.autograd.Function):
-    """`batch_first` whose backward is `batch_last`."""
-
-    @staticmethod
-    def forward(ctx, z):
-        return batch_first(z)
+    def forward(ctx, x, to_last: bool):
+        ctx.to_last = to_last
+        return batch_last(x) if to_last else batch_first(x)
 
     @staticmethod
     def backward(ctx, g):
-        return batch_last(g)
+        return (batch_first(g) if ctx.to_last else batch_last(g)), None
 
 
 def mix_form(out_per_group: int, in_per_group: int, batch: int) -> str:

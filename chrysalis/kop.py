@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dense
-from .dense import BatchFirst, BatchLast, DenseChain, gemm, realify, run_stage
+from .dense import DenseChain, Relayout, gemm, realify, run_stage
 from .kmatrix import KMatrix
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -400,7 +400,7 @@ class KOp(nn.Module):
         form = dense.mix_form(self.out_channels // g, self.in_channels // g, x.shape[0])
         mats, wblk = self._dense_operands(fixed, form)
         k_in, k_out = mats[:d], mats[2 * d :]
-        y = BatchLast.apply(x.to(k_in[0].dtype))  # (*size, C, B), real
+        y = Relayout.apply(x.to(k_in[0].dtype), True)  # (*size, C, B), real
         # axis a (after a re/im axis if a > 0) -> (n_a, re/im); mixing -> (*n, 2, O, B); then
         # (n_a, re/im) -> (re/im, out_a), the last keeping Re only.
         plan = [("gemm", a, a, a + 1 + bool(a), (k_in[a].shape[0] // 2, 2)) for a in range(d)] + [("mix",)]
@@ -418,7 +418,7 @@ class KOp(nn.Module):
             z = y
             for stage in plan:
                 z = run_stage(stage, z, mats, wblk)
-        return BatchFirst.apply(z)  # (*out, O, B) -> (B, O, *out), contiguous
+        return Relayout.apply(z, False)  # (*out, O, B) -> (B, O, *out), contiguous
 
     def _dense_operands(self, fixed: bool, form: str) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The real transform matrices and the filter's spectrum (in `form`), cached in eval.

@@ -159,16 +159,17 @@ def test_batch_relayout_is_the_permutation(shape, small, monkeypatch):
     monkeypatch.setattr(dense, "BATCH_LAST_MIN_NUMEL", 1 << 30 if small else 0)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     d = len(shape) - 2
-    y = dense.BatchLast.apply(x)
+    y = dense.Relayout.apply(x, True)
     assert y.is_contiguous()
     torch.testing.assert_close(y, x.permute(*range(2, 2 + d), 1, 0), rtol=0, atol=0)
-    z = dense.BatchFirst.apply(y * 1.0)
+    z = dense.Relayout.apply(y * 1.0, False)
     assert z.is_contiguous()
     torch.testing.assert_close(z, x, rtol=0, atol=0)
     gz = torch.randn(shape, dtype=torch.float64)
     (z * gz).sum().backward()
     torch.testing.assert_close(x.grad, gz, rtol=0, atol=0)
-    assert torch.autograd.gradcheck(dense.BatchLast.apply, (x,))
+    assert torch.autograd.gradcheck(lambda t: dense.Relayout.apply(t, True), (x,))
+    assert torch.autograd.gradcheck(lambda t: dense.Relayout.apply(t, False), (y.detach().requires_grad_(),))
 
 
 def test_lean_backward_saves_less():

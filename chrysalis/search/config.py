@@ -109,7 +109,7 @@ class SearchConfig:
         if self.max_init_gain and self.max_init_gain < 1:
             raise ConfigError(f"max_init_gain must be >= 1 (or 0 = never), got {self.max_init_gain}")
         for name in ("lr", "arch_lr", "weight_decay", "arch_weight_decay", "momentum", "grad_clip",
-                     "warmup_epochs", "checkpoint_every", "max_init_gain"):
+                     "warmup_epochs", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("limit_train", "limit_val", "threads"):

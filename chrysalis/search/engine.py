@@ -301,7 +301,7 @@ class SearchRun:
         extreme = [n for n, g in gains.items() if limit and not 1 / limit <= g <= limit]
         self.init_gains, self.gain_matched = gains, bool(cfg.match_gain or extreme)
         if self.gain_matched:
-            match_conv_gain_(self.model, generator=_generator(cfg.seed, 7919))
+            match_conv_gain_(self.model, gains=gains)
         if extreme and not cfg.match_gain:
             self._log(f"the architecture from {cfg.arch_from} scales its input by "
                       + ", ".join(f"{gains[n]:.3g}x ({n})" for n in extreme)
